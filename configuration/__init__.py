@@ -1,0 +1,3 @@
+from .configuration_vaswani import VaswaniConfig
+
+__all__ = ["VaswaniConfig"]

@@ -1,0 +1,986 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017) as a transformers model family.
+
+Read top-down in the order of the paper's Figure 1:
+
+| paper                                  | here                                                      |
+|----------------------------------------|-----------------------------------------------------------|
+| §3.5 Positional encoding               | `VaswaniSinusoidalPositions` (or `VaswaniLearnedPositions`) |
+| §3.4 Embeddings (scaled by sqrt(d_model)) | `VaswaniScaledEmbedding`, one matrix `model.shared`    |
+| §3.2.1 Scaled dot-product attention    | `eager_attention_forward` (sdpa/flex through transformers) |
+| §3.2.2-3.2.3 Multi-head attention      | `VaswaniAttention` (encoder self, decoder self, cross)    |
+| §3.3 Position-wise feed-forward        | `VaswaniFeedForward`                                      |
+| §3.1 Residual + layer norm; §5.4 dropout | `VaswaniResidualLayer`                                  |
+| §3.1 Encoder and decoder layers        | `VaswaniEncoderLayer`, `VaswaniDecoderLayer`              |
+| §3.1 Encoder and decoder stacks        | `VaswaniEncoder`, `VaswaniDecoder`                        |
+| Figure 1                               | `VaswaniModel`                                            |
+| §3.4 Pre-softmax projection, §5.4 label smoothing | the `lm_head` of each LM view, `token_cross_entropy` |
+
+One encoder and one decoder implementation serve four views with the same parameter names
+(`model.shared`, `model.encoder.*`, `model.decoder.*`, `lm_head`), so a checkpoint of one view loads into
+another: `VaswaniForConditionalGeneration` (translation), `VaswaniForMaskedLM` (encoder only, BERT-style),
+`VaswaniForCausalLM` (decoder only, GPT-style, built without cross-attention) and
+`VaswaniForSequenceClassification` (encoder only). `VaswaniModel` builds the stacks that
+`config.is_encoder_decoder` / `config.is_decoder` ask for; each view sets those flags itself.
+"""
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
+    MaskedLMOutput,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+    SequenceClassifierOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import is_torchdynamo_compiling, logging
+
+
+try:  # a Hub checkpoint carries this file next to configuration_vaswani.py
+    from .configuration_vaswani import VaswaniConfig
+except ImportError:  # the installed package
+    from vaswani.configuration.configuration_vaswani import VaswaniConfig
+
+
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------- embeddings
+
+
+class VaswaniSinusoidalPositions(nn.Module):
+    """Sinusoidal positional encoding, §3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...).
+
+    Computed from the positions on every call, so it extends to any length.
+    """
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__()
+        self.d_model = config.d_model
+        self.inv_freq = nn.Buffer(self.inverse_frequencies(config.d_model), persistent=False)
+
+    @staticmethod
+    def inverse_frequencies(d_model: int) -> torch.Tensor:
+        return torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+
+    def check_length(self, length: int) -> None:
+        pass  # sinusoids are defined for every position
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        angles = position_ids.unsqueeze(-1).float() * self.inv_freq  # (batch, seq, d_model / 2)
+        # Interleave so that dimension 2i holds the sine and 2i+1 the cosine of the same frequency.
+        return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (batch, seq, d_model)
+
+
+class VaswaniLearnedPositions(nn.Embedding):
+    """Learned positional embeddings, the alternative the paper compares in Table 3 (E)."""
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__(config.max_position_embeddings, config.d_model)
+
+    def check_length(self, length: int) -> None:
+        if length > self.num_embeddings:
+            raise ValueError(
+                f"Sequence of {length} positions is longer than max_position_embeddings ({self.num_embeddings}), "
+                "the number of learned positions. Truncate the input, or use position_embedding_type='sinusoidal', "
+                "which extends to any length."
+            )
+
+
+def build_positions(config: VaswaniConfig) -> nn.Module:
+    if config.position_embedding_type == "learned":
+        return VaswaniLearnedPositions(config)
+    return VaswaniSinusoidalPositions(config)
+
+
+class VaswaniScaledEmbedding(nn.Embedding):
+    """Token embedding multiplied by sqrt(d_model), §3.4. One instance is shared by encoder, decoder and lm_head."""
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids) * self.embed_scale
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
+    """Out-of-vocabulary ids would index past the embedding (a cryptic device-side assert on GPU): name them."""
+    if input_ids.numel() == 0 or is_torchdynamo_compiling():
+        return
+    smallest, largest = torch.aminmax(input_ids)
+    if smallest < 0 or largest >= vocab_size:
+        raise ValueError(
+            f"{name} holds ids in [{int(smallest)}, {int(largest)}] but the vocabulary is [0, {vocab_size}). "
+            "Was the input made by another tokenizer? Use the tokenizer saved with the model, or "
+            "model.resize_token_embeddings(len(tokenizer)) after adding tokens."
+        )
+
+
+def positions_from_mask(attention_mask: torch.Tensor | None, past_length: int, length: int, device) -> torch.Tensor:
+    """Position of each new token, counting only real tokens, so that left padding does not shift positions."""
+    if attention_mask is None:
+        return torch.arange(past_length, past_length + length, device=device).unsqueeze(0)  # (1, seq)
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.clamp(min=0)[:, -length:]  # (batch, seq)
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention, §3.2.1: softmax(Q K^T / sqrt(d_k)) V, returning the weights too.
+
+    Accepts transformers' eager (additive float) masks and, so that `output_attentions=True` can run on a model
+    set up for sdpa, sdpa's boolean masks and sdpa's `None` + `module.is_causal` convention.
+    """
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, heads, q_len, kv_len)
+    if attention_mask is None and module.is_causal and query.shape[2] > 1:
+        attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:
+        scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (batch, q_len, heads, head_dim)
+    return output, weights
+
+
+class VaswaniAttention(nn.Module):
+    """Multi-head attention, §3.2.2, in the three roles of §3.2.3: encoder self, decoder (causal) self, cross.
+
+    Self-attention projects queries, keys and values with one fused matrix (`qkv_proj`); cross-attention projects
+    queries from the decoder (`q_proj`) and keys and values from the encoder output (`kv_proj`), once per
+    generation: the cache keeps them.
+    """
+
+    def __init__(self, config: VaswaniConfig, layer_idx: int, role: str):
+        super().__init__()
+        if role not in ("encoder", "decoder", "cross"):
+            raise ValueError(f"role must be 'encoder', 'decoder' or 'cross', got {role!r}")
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_cross_attention = role == "cross"
+        self.is_causal = role == "decoder"  # explicit: sdpa reads a missing flag as causal
+        num_heads = config.encoder_attention_heads if role == "encoder" else config.decoder_attention_heads
+        self.head_dim = config.d_model // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        if self.is_cross_attention:
+            self.q_proj = nn.Linear(config.d_model, config.d_model)
+            self.kv_proj = nn.Linear(config.d_model, 2 * config.d_model)
+        else:
+            self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+
+    def split_heads(self, projected: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        batch, length, _ = projected.shape
+        projected = projected.view(batch, length, parts, -1, self.head_dim)  # (batch, seq, parts, heads, head_dim)
+        return projected.permute(2, 0, 3, 1, 4).unbind(0)  # parts x (batch, heads, seq, head_dim)
+
+    def self_attention_states(self, hidden_states, cache: Cache | None):
+        query, key, value = self.split_heads(self.qkv_proj(hidden_states), 3)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        return query, key, value
+
+    def cross_attention_states(self, hidden_states, encoder_hidden_states, cache: EncoderDecoderCache | None):
+        (query,) = self.split_heads(self.q_proj(hidden_states), 1)
+        if cache is not None and cache.is_updated.get(self.layer_idx):
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            return query, layer.keys, layer.values
+        key, value = self.split_heads(self.kv_proj(encoder_hidden_states), 2)
+        if cache is not None:
+            key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+            cache.is_updated[self.layer_idx] = True
+        return query, key, value
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`past_key_values` is the self-attention cache for self-attention, the EncoderDecoderCache for cross."""
+        if self.is_cross_attention:
+            query, key, value = self.cross_attention_states(hidden_states, encoder_hidden_states, past_key_values)
+        else:
+            query, key, value = self.self_attention_states(hidden_states, past_key_values)
+
+        implementation = self.config._attn_implementation
+        if output_attentions and implementation == "sdpa":
+            implementation = "eager"  # sdpa computes no weights; eager reads sdpa's masks (see above)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        output = output.reshape(*hidden_states.shape[:-1], -1)  # (batch, seq, d_model)
+        return self.out_proj(output), weights
+
+
+# ----------------------------------------------------------------------------------------------- layers
+
+
+class VaswaniFeedForward(nn.Module):
+    """Position-wise feed-forward network, §3.3: FFN(x) = max(0, x W1 + b1) W2 + b2 (ReLU, or GELU/SiLU)."""
+
+    def __init__(self, config: VaswaniConfig, is_decoder: bool):
+        super().__init__()
+        ffn_dim = config.decoder_ffn_dim if is_decoder else config.encoder_ffn_dim
+        self.fc1 = nn.Linear(config.d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, config.d_model)
+        self.activation = ACT2FN[config.activation_function]
+        self.activation_dropout = config.activation_dropout
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.activation(self.fc1(hidden_states))
+        hidden_states = F.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+        return self.fc2(hidden_states)
+
+
+class VaswaniResidualLayer(GradientCheckpointingLayer):
+    """The residual block around every sub-layer, §3.1 and §5.4.
+
+    Post-LN, as in the paper: LayerNorm(x + Dropout(Sublayer(x))). Pre-LN, for deep stacks:
+    x + Dropout(Sublayer(LayerNorm(x))), with one more LayerNorm at the end of the stack.
+    """
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__()
+        self.pre_norm = config.layer_norm_position == "pre"
+        self.dropout = config.dropout
+
+    def sublayer_input(self, norm: nn.LayerNorm, hidden_states: torch.Tensor) -> torch.Tensor:
+        return norm(hidden_states) if self.pre_norm else hidden_states
+
+    def add_residual(self, norm: nn.LayerNorm, residual: torch.Tensor, sublayer_output: torch.Tensor) -> torch.Tensor:
+        hidden_states = residual + F.dropout(sublayer_output, p=self.dropout, training=self.training)
+        return hidden_states if self.pre_norm else norm(hidden_states)
+
+
+class VaswaniEncoderLayer(VaswaniResidualLayer):
+    """Encoder layer, §3.1: multi-head self-attention, then the feed-forward network."""
+
+    def __init__(self, config: VaswaniConfig, layer_idx: int):
+        super().__init__(config)
+        self.self_attn = VaswaniAttention(config, layer_idx, role="encoder")
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.feed_forward = VaswaniFeedForward(config, is_decoder=False)
+        self.feed_forward_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        attended, attention = self.self_attn(
+            self.sublayer_input(self.self_attn_layer_norm, hidden_states), attention_mask, **kwargs
+        )
+        hidden_states = self.add_residual(self.self_attn_layer_norm, hidden_states, attended)
+        transformed = self.feed_forward(self.sublayer_input(self.feed_forward_layer_norm, hidden_states))
+        hidden_states = self.add_residual(self.feed_forward_layer_norm, hidden_states, transformed)
+        return hidden_states, attention
+
+
+class VaswaniDecoderLayer(VaswaniResidualLayer):
+    """Decoder layer, §3.1: masked self-attention, cross-attention over the encoder output, feed-forward.
+
+    The decoder-only view (`config.is_encoder_decoder=False`) has no cross-attention weights at all.
+    """
+
+    def __init__(self, config: VaswaniConfig, layer_idx: int):
+        super().__init__(config)
+        self.self_attn = VaswaniAttention(config, layer_idx, role="decoder")
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        if config.is_encoder_decoder:
+            self.cross_attn = VaswaniAttention(config, layer_idx, role="cross")
+            self.cross_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.feed_forward = VaswaniFeedForward(config, is_decoder=True)
+        self.feed_forward_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ):
+        self_cache = past_key_values
+        if isinstance(past_key_values, EncoderDecoderCache):
+            self_cache = past_key_values.self_attention_cache
+        attended, self_attention = self.self_attn(
+            self.sublayer_input(self.self_attn_layer_norm, hidden_states),
+            attention_mask,
+            past_key_values=self_cache,
+            **kwargs,
+        )
+        hidden_states = self.add_residual(self.self_attn_layer_norm, hidden_states, attended)
+
+        cross_attention = None
+        if encoder_hidden_states is not None:
+            attended, cross_attention = self.cross_attn(
+                self.sublayer_input(self.cross_attn_layer_norm, hidden_states),
+                encoder_attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+            hidden_states = self.add_residual(self.cross_attn_layer_norm, hidden_states, attended)
+
+        transformed = self.feed_forward(self.sublayer_input(self.feed_forward_layer_norm, hidden_states))
+        hidden_states = self.add_residual(self.feed_forward_layer_norm, hidden_states, transformed)
+        return hidden_states, self_attention, cross_attention
+
+
+# ----------------------------------------------------------------------------------------------- base class
+
+
+class VaswaniPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the capabilities transformers reads off every model class."""
+
+    config: VaswaniConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VaswaniEncoderLayer", "VaswaniDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _can_compile_fullgraph = True
+
+    def __init__(self, config: VaswaniConfig, *inputs, **kwargs):
+        config.validate()  # fields may have been changed after the config was built
+        super().__init__(config, *inputs, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Xavier-uniform projections as in the reference implementations (tensor2tensor, fairseq, the Annotated
+        Transformer); embeddings N(0, d_model^-0.5), so that once scaled by sqrt(d_model) they have unit variance.
+        Fused projections are initialised over their whole matrix, as torch.nn.MultiheadAttention does."""
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, VaswaniLearnedPositions):
+            init.normal_(module.weight, mean=0.0, std=self.config.d_model**-0.5)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=self.config.d_model**-0.5)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, VaswaniSinusoidalPositions):
+            init.copy_(module.inv_freq, module.inverse_frequencies(module.d_model))
+
+    def check_inputs(self, input_ids, attention_mask, name: str = "input_ids") -> None:
+        if input_ids is not None:
+            check_token_ids(input_ids, self.config.vocab_size, name)
+        if input_ids is not None and attention_mask is not None and attention_mask.dim() == 2:
+            if attention_mask.shape[0] != input_ids.shape[0]:
+                raise ValueError(
+                    f"{name} has batch size {input_ids.shape[0]} but its attention mask has {attention_mask.shape[0]}."
+                )
+
+
+def view_config(config: VaswaniConfig, is_encoder_decoder: bool, is_decoder: bool) -> VaswaniConfig:
+    """The config of one view. A copy when the flags change, so the caller's config is never mutated."""
+    if (config.is_encoder_decoder, config.is_decoder) == (is_encoder_decoder, is_decoder):
+        return config
+    config = copy.deepcopy(config)
+    config.is_encoder_decoder, config.is_decoder = is_encoder_decoder, is_decoder
+    return config
+
+
+def collect(states: tuple | None, new_state: torch.Tensor | None) -> tuple | None:
+    """Append to an `output_hidden_states` / `output_attentions` tuple that is None when not requested."""
+    return None if states is None else states + (new_state,)
+
+
+# ----------------------------------------------------------------------------------------------- stacks
+
+
+class VaswaniEncoder(VaswaniPreTrainedModel):
+    """Encoder stack, §3.1: N identical layers over the scaled token embeddings plus positional encodings."""
+
+    def __init__(self, config: VaswaniConfig, embed_tokens: VaswaniScaledEmbedding | None = None):
+        super().__init__(config)
+        self.embed_tokens = embed_tokens if embed_tokens is not None else VaswaniScaledEmbedding(config)
+        self.embed_positions = build_positions(config)
+        self.layers = nn.ModuleList(VaswaniEncoderLayer(config, i) for i in range(config.encoder_layers))
+        if config.layer_norm_position == "pre":
+            self.layer_norm = nn.LayerNorm(config.d_model)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput | tuple:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds to the encoder.")
+        self.check_inputs(input_ids, attention_mask)
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+
+        self.embed_positions.check_length(inputs_embeds.shape[1])
+        positions = positions_from_mask(attention_mask, 0, inputs_embeds.shape[1], inputs_embeds.device)
+        hidden_states = inputs_embeds + self.embed_positions(positions).to(inputs_embeds.dtype)
+        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            all_hidden_states = collect(all_hidden_states, hidden_states)
+            hidden_states, attention = layer(hidden_states, mask, output_attentions=output_attentions, **kwargs)
+            all_attentions = collect(all_attentions, attention)
+        if hasattr(self, "layer_norm"):
+            hidden_states = self.layer_norm(hidden_states)
+        all_hidden_states = collect(all_hidden_states, hidden_states)
+
+        output = BaseModelOutput(hidden_states, all_hidden_states, all_attentions)
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+class VaswaniDecoder(VaswaniPreTrainedModel):
+    """Decoder stack, §3.1: N identical layers whose self-attention is masked so position i sees only j <= i."""
+
+    def __init__(self, config: VaswaniConfig, embed_tokens: VaswaniScaledEmbedding | None = None):
+        super().__init__(config)
+        self.embed_tokens = embed_tokens if embed_tokens is not None else VaswaniScaledEmbedding(config)
+        self.embed_positions = build_positions(config)
+        self.layers = nn.ModuleList(VaswaniDecoderLayer(config, i) for i in range(config.decoder_layers))
+        if config.layer_norm_position == "pre":
+            self.layer_norm = nn.LayerNorm(config.d_model)
+        self.post_init()
+
+    def check_encoder_states(self, encoder_hidden_states: torch.Tensor | None, batch_size: int) -> None:
+        if self.config.is_encoder_decoder and encoder_hidden_states is None:
+            raise ValueError("The decoder of the encoder-decoder model needs encoder_hidden_states to attend to.")
+        if not self.config.is_encoder_decoder and encoder_hidden_states is not None:
+            raise ValueError("The decoder-only view has no cross-attention: do not pass encoder_hidden_states.")
+        if encoder_hidden_states is not None and encoder_hidden_states.shape[0] != batch_size:
+            raise ValueError(
+                f"The decoder input has batch size {batch_size} but the encoder output has "
+                f"{encoder_hidden_states.shape[0]}."
+            )
+
+    def new_cache(self) -> Cache:
+        if self.config.is_encoder_decoder:
+            return EncoderDecoderCache(DynamicCache(), DynamicCache())
+        return DynamicCache()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds to the decoder.")
+        self.check_inputs(input_ids, None)
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch_size, length = inputs_embeds.shape[:2]
+        self.check_encoder_states(encoder_hidden_states, batch_size)
+
+        if use_cache and past_key_values is None:
+            past_key_values = self.new_cache()
+        self_cache = past_key_values
+        if isinstance(past_key_values, EncoderDecoderCache):
+            self_cache = past_key_values.self_attention_cache
+        past_length = self_cache.get_seq_length() if self_cache is not None else 0
+
+        self.embed_positions.check_length(past_length + length)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, past_length, length, inputs_embeds.device)
+        hidden_states = inputs_embeds + self.embed_positions(position_ids).to(inputs_embeds.dtype)
+        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        self_mask = create_causal_mask(
+            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, past_key_values=self_cache
+        )
+        cross_mask = None
+        if encoder_hidden_states is not None:
+            cross_mask = create_bidirectional_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=encoder_attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+            )
+
+        all_hidden_states = () if output_hidden_states else None
+        all_self_attentions = () if output_attentions else None
+        all_cross_attentions = () if output_attentions and encoder_hidden_states is not None else None
+        for layer in self.layers:
+            all_hidden_states = collect(all_hidden_states, hidden_states)
+            hidden_states, self_attention, cross_attention = layer(
+                hidden_states,
+                self_mask,
+                encoder_hidden_states,
+                cross_mask,
+                past_key_values=past_key_values,
+                output_attentions=output_attentions,
+                **kwargs,
+            )
+            all_self_attentions = collect(all_self_attentions, self_attention)
+            all_cross_attentions = collect(all_cross_attentions, cross_attention)
+        if hasattr(self, "layer_norm"):
+            hidden_states = self.layer_norm(hidden_states)
+        all_hidden_states = collect(all_hidden_states, hidden_states)
+
+        output = BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
+            attentions=all_self_attentions,
+            cross_attentions=all_cross_attentions,
+        )
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+class VaswaniModel(VaswaniPreTrainedModel):
+    """The Transformer of Figure 1 without a head: encoder and decoder stacks over one shared embedding (§3.4).
+
+    Which stacks exist follows the config: both for `is_encoder_decoder=True`, the decoder alone for
+    `is_decoder=True` (causal LM), the encoder alone otherwise (masked LM, classification).
+    """
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__(config)
+        self.shared = VaswaniScaledEmbedding(config)
+        stacks = []
+        if config.is_encoder_decoder or not config.is_decoder:
+            self.encoder = VaswaniEncoder(config, self.shared)
+            stacks.append("encoder")
+        if config.is_encoder_decoder or config.is_decoder:
+            self.decoder = VaswaniDecoder(config, self.shared)
+            stacks.append("decoder")
+        # The stacks hold the shared module itself; these keys tell save/load that they are one tensor.
+        self._tied_weights_keys = {f"{stack}.embed_tokens.weight": "shared.weight" for stack in stacks}
+        self._keys_to_ignore_on_load_missing = [rf"{stack}\.embed_tokens\.weight" for stack in stacks]
+        self.post_init()
+
+    def get_input_embeddings(self) -> VaswaniScaledEmbedding:
+        return self.shared
+
+    def set_input_embeddings(self, embeddings: VaswaniScaledEmbedding) -> None:
+        self.shared = embeddings
+        for stack in ("encoder", "decoder"):
+            if hasattr(self, stack):
+                getattr(self, stack).embed_tokens = embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        decoder_position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput | BaseModelOutput | BaseModelOutputWithPastAndCrossAttentions | tuple:
+        """Runs the stacks this view has; the encoder-decoder returns a `Seq2SeqModelOutput`."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        if not self.config.is_encoder_decoder and self.config.is_decoder:
+            return self.decoder(
+                input_ids, attention_mask, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                use_cache=use_cache, return_dict=return_dict, **flags, **kwargs,
+            )  # fmt: skip
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_ids, attention_mask, inputs_embeds, return_dict=True, **flags, **kwargs)
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        if not self.config.is_encoder_decoder:
+            return encoder_outputs if return_dict else encoder_outputs.to_tuple()
+
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            raise ValueError(
+                "The encoder-decoder needs decoder_input_ids (or labels, from which VaswaniForConditionalGeneration "
+                "builds them by shifting right)."
+            )
+        self.check_inputs(decoder_input_ids, decoder_attention_mask, "decoder_input_ids")
+        decoder_outputs = self.decoder(
+            decoder_input_ids,
+            decoder_attention_mask,
+            encoder_outputs.last_hidden_state,
+            attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=decoder_inputs_embeds,
+            position_ids=decoder_position_ids,
+            use_cache=use_cache,
+            return_dict=True,
+            **flags,
+            **kwargs,
+        )
+        output = Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            past_key_values=decoder_outputs.past_key_values,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# ----------------------------------------------------------------------------------------------- heads
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs from labels (teacher forcing): prepend the start token, drop the last, -100 -> pad."""
+    shifted = labels.new_full(labels.shape, decoder_start_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def token_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.0,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy over the labelled tokens (-100 is ignored), with label smoothing (§5.4).
+
+    With `num_items_in_batch` (the labelled tokens of the whole accumulated batch), the sum is divided by it,
+    so that gradient accumulation weights every token equally, as one large batch would.
+    """
+    loss = F.cross_entropy(
+        logits.flatten(0, -2).float(),
+        labels.flatten().to(logits.device),
+        ignore_index=-100,
+        reduction="mean" if num_items_in_batch is None else "sum",
+        label_smoothing=label_smoothing,
+    )
+    if num_items_in_batch is not None:
+        loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
+    return loss
+
+
+def keep_last_logits(hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """Hidden states of the positions whose logits are wanted (generation needs only the last one)."""
+    if isinstance(logits_to_keep, int):
+        return hidden_states if logits_to_keep == 0 else hidden_states[:, -logits_to_keep:]
+    return hidden_states[:, logits_to_keep]
+
+
+class VaswaniLMHeadMixin:
+    """The pre-softmax projection, §3.4: `lm_head`, tied to `model.shared` unless `tie_word_embeddings=False`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
+
+    def build_lm_head(self) -> None:
+        self.lm_head = nn.Linear(self.config.d_model, self.config.vocab_size, bias=False)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, projection: nn.Linear) -> None:
+        self.lm_head = projection
+
+    def lm_loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        """Label smoothing is a training regulariser (§5.4): evaluation losses stay the true perplexity's."""
+        smoothing = self.config.label_smoothing if self.training else 0.0
+        return token_cross_entropy(logits, labels, smoothing, num_items_in_batch)
+
+
+class VaswaniForConditionalGeneration(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationMixin):
+    """The encoder-decoder with its pre-softmax projection: translation and other seq2seq tasks."""
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__(view_config(config, is_encoder_decoder=True, is_decoder=False))
+        self.model = VaswaniModel(self.config)
+        self.build_lm_head()
+        self.post_init()
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        decoder_position_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        """`labels` are the target tokens (-100 ignored); decoder inputs are built from them when not given."""
+        if labels is not None:
+            use_cache = False
+            self.check_inputs(labels.masked_fill(labels == -100, 0), None, "labels")
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+            decoder_batch = (decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds).shape[0]
+            if labels.shape[0] != decoder_batch:
+                raise ValueError(f"labels has batch size {labels.shape[0]} but the decoder inputs have {decoder_batch}.")
+        outputs = self.model(
+            input_ids,
+            attention_mask,
+            decoder_input_ids,
+            decoder_attention_mask,
+            encoder_outputs,
+            past_key_values,
+            inputs_embeds,
+            decoder_inputs_embeds,
+            decoder_position_ids,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.lm_head(keep_last_logits(outputs.last_hidden_state, logits_to_keep))
+        loss = self.lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
+        output = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+class VaswaniForMaskedLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel):
+    """The encoder alone with the pre-softmax projection: BERT-style masked-language-model pretraining."""
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__(view_config(config, is_encoder_decoder=False, is_decoder=False))
+        self.model = VaswaniModel(self.config)
+        self.build_lm_head()
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput | tuple:
+        """`labels` hold the original ids at masked positions and -100 elsewhere."""
+        if labels is not None:
+            self.check_inputs(labels.masked_fill(labels == -100, 0), None, "labels")
+        outputs = self.model.encoder(
+            input_ids, attention_mask, inputs_embeds, output_attentions, output_hidden_states, True, **kwargs
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = self.lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
+        output = MaskedLMOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+class VaswaniForCausalLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationMixin):
+    """The decoder alone (no cross-attention) with the pre-softmax projection: GPT-style language modelling."""
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__(view_config(config, is_encoder_decoder=False, is_decoder=True))
+        self.model = VaswaniModel(self.config)
+        self.build_lm_head()
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithCrossAttentions | tuple:
+        """`labels` align with `input_ids` (usually equal to them); the head shifts them to predict the next token."""
+        if labels is not None:
+            self.check_inputs(labels.masked_fill(labels == -100, 0), None, "labels")
+            if input_ids is not None and labels.shape != input_ids.shape:
+                raise ValueError(f"labels have shape {tuple(labels.shape)} but input_ids {tuple(input_ids.shape)}.")
+        outputs = self.model.decoder(
+            input_ids,
+            attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.lm_head(keep_last_logits(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            next_token_labels = F.pad(labels[:, 1:], (0, 1), value=-100)  # the last position predicts nothing
+            loss = self.lm_loss(logits, next_token_labels, num_items_in_batch)
+        output = CausalLMOutputWithCrossAttentions(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+class VaswaniClassificationHead(nn.Module):
+    """Sentence classifier on the mean of the encoder's outputs over real (unpadded) tokens."""
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.dropout = config.dropout
+        self.out_proj = nn.Linear(config.d_model, config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if attention_mask is None:
+            pooled = hidden_states.mean(dim=1)
+        else:
+            weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)  # (batch, seq, 1)
+            pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        pooled = torch.tanh(self.dense(F.dropout(pooled, p=self.dropout, training=self.training)))
+        return self.out_proj(F.dropout(pooled, p=self.dropout, training=self.training))
+
+
+def classification_loss(config: VaswaniConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Regression, single-label or multi-label loss, chosen as transformers' classifiers choose it."""
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    labels = labels.to(logits.device)
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.float().view(logits.shape[:-1]))
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class VaswaniForSequenceClassification(VaswaniPreTrainedModel):
+    """The encoder alone with a classifier on its pooled output: fine-tuning for sentence (pair) tasks."""
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__(view_config(config, is_encoder_decoder=False, is_decoder=False))
+        self.model = VaswaniModel(self.config)
+        self.classifier = VaswaniClassificationHead(self.config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        """`labels`: class ids, floats for regression (`num_labels=1`), or multi-hot floats for multi-label."""
+        kwargs.pop("num_items_in_batch", None)  # a token count: meaningless for one label per sequence
+        outputs = self.model.encoder(
+            input_ids, attention_mask, inputs_embeds, output_attentions, output_hidden_states, True, **kwargs
+        )
+        logits = self.classifier(outputs.last_hidden_state, attention_mask)
+        loss = classification_loss(self.config, logits, labels) if labels is not None else None
+        output = SequenceClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+__all__ = [
+    "VaswaniPreTrainedModel",
+    "VaswaniModel",
+    "VaswaniForConditionalGeneration",
+    "VaswaniForMaskedLM",
+    "VaswaniForCausalLM",
+    "VaswaniForSequenceClassification",
+]
