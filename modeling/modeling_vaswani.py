@@ -2,25 +2,25 @@
 
 Read top-down in the order of the paper's Figure 1:
 
-| paper                                  | here                                                      |
-|----------------------------------------|-----------------------------------------------------------|
-| §3.5 Positional encoding               | `VaswaniSinusoidalPositions` (or `VaswaniLearnedPositions`) |
-| §3.4 Embeddings (scaled by sqrt(d_model)) | `VaswaniScaledEmbedding`, one matrix `model.shared`    |
-| §3.2.1 Scaled dot-product attention    | `eager_attention_forward` (sdpa/flex through transformers) |
-| §3.2.2-3.2.3 Multi-head attention      | `VaswaniAttention` (encoder self, decoder self, cross)    |
-| §3.3 Position-wise feed-forward        | `VaswaniFeedForward`                                      |
-| §3.1 Residual + layer norm; §5.4 dropout | `VaswaniResidualLayer`                                  |
-| §3.1 Encoder and decoder layers        | `VaswaniEncoderLayer`, `VaswaniDecoderLayer`              |
-| §3.1 Encoder and decoder stacks        | `VaswaniEncoder`, `VaswaniDecoder`                        |
-| Figure 1                               | `VaswaniModel`                                            |
-| §3.4 Pre-softmax projection, §5.4 label smoothing | the `lm_head` of each LM view, `token_cross_entropy` |
+| paper                                          | here                                                    |
+|------------------------------------------------|---------------------------------------------------------|
+| §3.5 positional encoding                       | `VaswaniSinusoidalPositions` (`VaswaniLearnedPositions`) |
+| §3.4 embeddings, scaled by sqrt(d_model)       | `VaswaniScaledEmbedding`: one matrix, `model.shared`    |
+| §3.2.1 scaled dot-product attention            | `eager_attention_forward`; sdpa/flex via transformers   |
+| §3.2.2-3 multi-head attention in three roles   | `VaswaniAttention`                                      |
+| §3.3 position-wise feed-forward network        | `VaswaniFeedForward`                                    |
+| §3.1 residual + layer norm, §5.4 dropout       | `VaswaniResidualLayer`                                  |
+| §3.1 encoder and decoder layers                | `VaswaniEncoderLayer`, `VaswaniDecoderLayer`            |
+| §3.1 encoder and decoder stacks                | `VaswaniEncoder`, `VaswaniDecoder`                      |
+| Figure 1                                       | `VaswaniModel`                                          |
+| §3.4 pre-softmax projection, §5.4 label smoothing | `lm_head` of the LM views, `token_cross_entropy`     |
 
-One encoder and one decoder implementation serve four views with the same parameter names
-(`model.shared`, `model.encoder.*`, `model.decoder.*`, `lm_head`), so a checkpoint of one view loads into
-another: `VaswaniForConditionalGeneration` (translation), `VaswaniForMaskedLM` (encoder only, BERT-style),
-`VaswaniForCausalLM` (decoder only, GPT-style, built without cross-attention) and
+One encoder and one decoder serve four views with the same parameter names (`model.shared`,
+`model.encoder.*`, `model.decoder.*`, `lm_head`), so a checkpoint of one view loads into another:
+`VaswaniForConditionalGeneration` (translation), `VaswaniForMaskedLM` (encoder only, BERT-style),
+`VaswaniForCausalLM` (decoder only, GPT-style, without cross-attention weights) and
 `VaswaniForSequenceClassification` (encoder only). `VaswaniModel` builds the stacks that
-`config.is_encoder_decoder` / `config.is_decoder` ask for; each view sets those flags itself.
+`config.is_encoder_decoder` and `config.is_decoder` ask for; each view sets those two flags itself.
 """
 
 import copy
@@ -41,12 +41,13 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
     MaskedLMOutput,
+    ModelOutput,
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
     SequenceClassifierOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import is_torchdynamo_compiling, logging
+from transformers.utils import is_torchdynamo_compiling
 
 
 try:  # a Hub checkpoint carries this file next to configuration_vaswani.py
@@ -55,14 +56,11 @@ except ImportError:  # the installed package
     from vaswani.configuration.configuration_vaswani import VaswaniConfig
 
 
-logger = logging.get_logger(__name__)
-
-
 # ----------------------------------------------------------------------------------------------- embeddings
 
 
 class VaswaniSinusoidalPositions(nn.Module):
-    """Sinusoidal positional encoding, §3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...).
+    """Positional encoding, §3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...).
 
     Computed from the positions on every call, so it extends to any length.
     """
@@ -77,16 +75,16 @@ class VaswaniSinusoidalPositions(nn.Module):
         return torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
 
     def check_length(self, length: int) -> None:
-        pass  # sinusoids are defined for every position
+        """Every length is fine: sinusoids are defined for every position."""
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
         angles = position_ids.unsqueeze(-1).float() * self.inv_freq  # (batch, seq, d_model / 2)
-        # Interleave so that dimension 2i holds the sine and 2i+1 the cosine of the same frequency.
+        # Interleave so that dimension 2i holds the sine and 2i + 1 the cosine of the same frequency.
         return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (batch, seq, d_model)
 
 
 class VaswaniLearnedPositions(nn.Embedding):
-    """Learned positional embeddings, the alternative the paper compares in Table 3 (E)."""
+    """Learned positional embeddings, the variant of Table 3 (E); limited to `max_position_embeddings`."""
 
     def __init__(self, config: VaswaniConfig):
         super().__init__(config.max_position_embeddings, config.d_model)
@@ -100,12 +98,6 @@ class VaswaniLearnedPositions(nn.Embedding):
             )
 
 
-def build_positions(config: VaswaniConfig) -> nn.Module:
-    if config.position_embedding_type == "learned":
-        return VaswaniLearnedPositions(config)
-    return VaswaniSinusoidalPositions(config)
-
-
 class VaswaniScaledEmbedding(nn.Embedding):
     """Token embedding multiplied by sqrt(d_model), §3.4. One instance is shared by encoder, decoder and lm_head."""
 
@@ -117,7 +109,7 @@ class VaswaniScaledEmbedding(nn.Embedding):
         return super().forward(input_ids) * self.embed_scale
 
 
-def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str) -> None:
     """Out-of-vocabulary ids would index past the embedding (a cryptic device-side assert on GPU): name them."""
     if input_ids.numel() == 0 or is_torchdynamo_compiling():
         return
@@ -125,17 +117,16 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input
     if smallest < 0 or largest >= vocab_size:
         raise ValueError(
             f"{name} holds ids in [{int(smallest)}, {int(largest)}] but the vocabulary is [0, {vocab_size}). "
-            "Was the input made by another tokenizer? Use the tokenizer saved with the model, or "
+            "Was the input made by another tokenizer? Use the tokenizer saved with the model, or call "
             "model.resize_token_embeddings(len(tokenizer)) after adding tokens."
         )
 
 
 def positions_from_mask(attention_mask: torch.Tensor | None, past_length: int, length: int, device) -> torch.Tensor:
-    """Position of each new token, counting only real tokens, so that left padding does not shift positions."""
+    """Position of each new token counting only real tokens, so that left padding does not shift positions."""
     if attention_mask is None:
         return torch.arange(past_length, past_length + length, device=device).unsqueeze(0)  # (1, seq)
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.clamp(min=0)[:, -length:]  # (batch, seq)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]  # (batch, seq)
 
 
 # ----------------------------------------------------------------------------------------------- attention
@@ -153,8 +144,8 @@ def eager_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention, §3.2.1: softmax(Q K^T / sqrt(d_k)) V, returning the weights too.
 
-    Accepts transformers' eager (additive float) masks and, so that `output_attentions=True` can run on a model
-    set up for sdpa, sdpa's boolean masks and sdpa's `None` + `module.is_causal` convention.
+    Reads transformers' eager masks (additive floats) and, so that `output_attentions=True` also works on a model
+    set up for sdpa, sdpa's masks too: booleans, or `None` with `module.is_causal`.
     """
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, heads, q_len, kv_len)
     if attention_mask is None and module.is_causal and query.shape[2] > 1:
@@ -173,7 +164,7 @@ class VaswaniAttention(nn.Module):
     """Multi-head attention, §3.2.2, in the three roles of §3.2.3: encoder self, decoder (causal) self, cross.
 
     Self-attention projects queries, keys and values with one fused matrix (`qkv_proj`); cross-attention projects
-    queries from the decoder (`q_proj`) and keys and values from the encoder output (`kv_proj`), once per
+    queries from the decoder (`q_proj`) and keys and values from the encoder output (`kv_proj`) once per
     generation: the cache keeps them.
     """
 
@@ -184,7 +175,7 @@ class VaswaniAttention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.is_cross_attention = role == "cross"
-        self.is_causal = role == "decoder"  # explicit: sdpa reads a missing flag as causal
+        self.is_causal = role == "decoder"  # set explicitly: sdpa reads a missing flag as causal
         num_heads = config.encoder_attention_heads if role == "encoder" else config.decoder_attention_heads
         self.head_dim = config.d_model // num_heads
         self.scaling = self.head_dim**-0.5
@@ -201,7 +192,7 @@ class VaswaniAttention(nn.Module):
         projected = projected.view(batch, length, parts, -1, self.head_dim)  # (batch, seq, parts, heads, head_dim)
         return projected.permute(2, 0, 3, 1, 4).unbind(0)  # parts x (batch, heads, seq, head_dim)
 
-    def self_attention_states(self, hidden_states, cache: Cache | None):
+    def self_attention_states(self, hidden_states: torch.Tensor, cache: Cache | None):
         query, key, value = self.split_heads(self.qkv_proj(hidden_states), 3)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
@@ -210,8 +201,8 @@ class VaswaniAttention(nn.Module):
     def cross_attention_states(self, hidden_states, encoder_hidden_states, cache: EncoderDecoderCache | None):
         (query,) = self.split_heads(self.q_proj(hidden_states), 1)
         if cache is not None and cache.is_updated.get(self.layer_idx):
-            layer = cache.cross_attention_cache.layers[self.layer_idx]
-            return query, layer.keys, layer.values
+            cached = cache.cross_attention_cache.layers[self.layer_idx]
+            return query, cached.keys, cached.values
         key, value = self.split_heads(self.kv_proj(encoder_hidden_states), 2)
         if cache is not None:
             key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
@@ -227,26 +218,19 @@ class VaswaniAttention(nn.Module):
         output_attentions: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`past_key_values` is the self-attention cache for self-attention, the EncoderDecoderCache for cross."""
+        """`past_key_values`: the self-attention cache for self-attention, the EncoderDecoderCache for cross."""
         if self.is_cross_attention:
             query, key, value = self.cross_attention_states(hidden_states, encoder_hidden_states, past_key_values)
         else:
             query, key, value = self.self_attention_states(hidden_states, past_key_values)
-
         implementation = self.config._attn_implementation
         if output_attentions and implementation == "sdpa":
-            implementation = "eager"  # sdpa computes no weights; eager reads sdpa's masks (see above)
+            implementation = "eager"  # sdpa computes no weights; eager reads sdpa's masks
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         output, weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
+            self, query, key, value, attention_mask, dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling, **kwargs,
+        )  # fmt: skip
         output = output.reshape(*hidden_states.shape[:-1], -1)  # (batch, seq, d_model)
         return self.out_proj(output), weights
 
@@ -267,15 +251,14 @@ class VaswaniFeedForward(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.activation(self.fc1(hidden_states))
-        hidden_states = F.dropout(hidden_states, p=self.activation_dropout, training=self.training)
-        return self.fc2(hidden_states)
+        return self.fc2(F.dropout(hidden_states, p=self.activation_dropout, training=self.training))
 
 
 class VaswaniResidualLayer(GradientCheckpointingLayer):
-    """The residual block around every sub-layer, §3.1 and §5.4.
+    """The residual block around each sub-layer, §3.1 and §5.4.
 
-    Post-LN, as in the paper: LayerNorm(x + Dropout(Sublayer(x))). Pre-LN, for deep stacks:
-    x + Dropout(Sublayer(LayerNorm(x))), with one more LayerNorm at the end of the stack.
+    Post-LN as in the paper: LayerNorm(x + Dropout(Sublayer(x))). Pre-LN for deep stacks:
+    x + Dropout(Sublayer(LayerNorm(x))), and the stack ends with one more LayerNorm.
     """
 
     def __init__(self, config: VaswaniConfig):
@@ -290,6 +273,10 @@ class VaswaniResidualLayer(GradientCheckpointingLayer):
         hidden_states = residual + F.dropout(sublayer_output, p=self.dropout, training=self.training)
         return hidden_states if self.pre_norm else norm(hidden_states)
 
+    def feed_forward_block(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        transformed = self.feed_forward(self.sublayer_input(self.feed_forward_layer_norm, hidden_states))
+        return self.add_residual(self.feed_forward_layer_norm, hidden_states, transformed)
+
 
 class VaswaniEncoderLayer(VaswaniResidualLayer):
     """Encoder layer, §3.1: multi-head self-attention, then the feed-forward network."""
@@ -302,17 +289,15 @@ class VaswaniEncoderLayer(VaswaniResidualLayer):
         self.feed_forward_layer_norm = nn.LayerNorm(config.d_model)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        attended, attention = self.self_attn(
-            self.sublayer_input(self.self_attn_layer_norm, hidden_states), attention_mask, **kwargs
-        )
+        """Returns the new hidden states and the self-attention weights (None unless asked for)."""
+        normed = self.sublayer_input(self.self_attn_layer_norm, hidden_states)
+        attended, self_attention = self.self_attn(normed, attention_mask, **kwargs)
         hidden_states = self.add_residual(self.self_attn_layer_norm, hidden_states, attended)
-        transformed = self.feed_forward(self.sublayer_input(self.feed_forward_layer_norm, hidden_states))
-        hidden_states = self.add_residual(self.feed_forward_layer_norm, hidden_states, transformed)
-        return hidden_states, attention
+        return self.feed_forward_block(hidden_states), self_attention
 
 
 class VaswaniDecoderLayer(VaswaniResidualLayer):
-    """Decoder layer, §3.1: masked self-attention, cross-attention over the encoder output, feed-forward.
+    """Decoder layer, §3.1: masked self-attention, attention over the encoder output, then feed-forward.
 
     The decoder-only view (`config.is_encoder_decoder=False`) has no cross-attention weights at all.
     """
@@ -336,31 +321,21 @@ class VaswaniDecoderLayer(VaswaniResidualLayer):
         past_key_values: Cache | None = None,
         **kwargs,
     ):
+        """Returns the new hidden states and the self- and cross-attention weights (None unless asked for)."""
         self_cache = past_key_values
         if isinstance(past_key_values, EncoderDecoderCache):
             self_cache = past_key_values.self_attention_cache
-        attended, self_attention = self.self_attn(
-            self.sublayer_input(self.self_attn_layer_norm, hidden_states),
-            attention_mask,
-            past_key_values=self_cache,
-            **kwargs,
-        )
+        normed = self.sublayer_input(self.self_attn_layer_norm, hidden_states)
+        attended, self_attention = self.self_attn(normed, attention_mask, past_key_values=self_cache, **kwargs)
         hidden_states = self.add_residual(self.self_attn_layer_norm, hidden_states, attended)
-
         cross_attention = None
         if encoder_hidden_states is not None:
+            normed = self.sublayer_input(self.cross_attn_layer_norm, hidden_states)
             attended, cross_attention = self.cross_attn(
-                self.sublayer_input(self.cross_attn_layer_norm, hidden_states),
-                encoder_attention_mask,
-                encoder_hidden_states=encoder_hidden_states,
-                past_key_values=past_key_values,
-                **kwargs,
+                normed, encoder_attention_mask, encoder_hidden_states, past_key_values=past_key_values, **kwargs
             )
             hidden_states = self.add_residual(self.cross_attn_layer_norm, hidden_states, attended)
-
-        transformed = self.feed_forward(self.sublayer_input(self.feed_forward_layer_norm, hidden_states))
-        hidden_states = self.add_residual(self.feed_forward_layer_norm, hidden_states, transformed)
-        return hidden_states, self_attention, cross_attention
+        return self.feed_forward_block(hidden_states), self_attention, cross_attention
 
 
 # ----------------------------------------------------------------------------------------------- base class
@@ -385,14 +360,12 @@ class VaswaniPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Xavier-uniform projections as in the reference implementations (tensor2tensor, fairseq, the Annotated
-        Transformer); embeddings N(0, d_model^-0.5), so that once scaled by sqrt(d_model) they have unit variance.
-        Fused projections are initialised over their whole matrix, as torch.nn.MultiheadAttention does."""
+        Transformer), fused ones over their whole matrix as torch.nn.MultiheadAttention does; embeddings
+        N(0, d_model^-0.5), so that once scaled by sqrt(d_model) they have unit variance."""
         if isinstance(module, nn.Linear):
             init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, VaswaniLearnedPositions):
-            init.normal_(module.weight, mean=0.0, std=self.config.d_model**-0.5)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=self.config.d_model**-0.5)
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
@@ -403,18 +376,27 @@ class VaswaniPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VaswaniSinusoidalPositions):
             init.copy_(module.inv_freq, module.inverse_frequencies(module.d_model))
 
-    def check_inputs(self, input_ids, attention_mask, name: str = "input_ids") -> None:
-        if input_ids is not None:
-            check_token_ids(input_ids, self.config.vocab_size, name)
-        if input_ids is not None and attention_mask is not None and attention_mask.dim() == 2:
-            if attention_mask.shape[0] != input_ids.shape[0]:
-                raise ValueError(
-                    f"{name} has batch size {input_ids.shape[0]} but its attention mask has {attention_mask.shape[0]}."
-                )
+    def check_inputs(self, input_ids, attention_mask=None, name: str | None = None) -> None:
+        """Ids outside the vocabulary and masks of another batch size fail here, with names, not deep inside."""
+        if input_ids is None:
+            return
+        name = name or "input_ids"
+        check_token_ids(input_ids, self.config.vocab_size, name)
+        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"{name} has batch size {input_ids.shape[0]} but its attention mask has {attention_mask.shape[0]}."
+            )
+
+    def check_labels(self, labels: torch.Tensor | None) -> None:
+        if labels is not None:
+            check_token_ids(labels.masked_fill(labels == -100, 0), self.config.vocab_size, "labels")
+
+    def wants_dict(self, return_dict: bool | None) -> bool:
+        return self.config.return_dict if return_dict is None else return_dict
 
 
 def view_config(config: VaswaniConfig, is_encoder_decoder: bool, is_decoder: bool) -> VaswaniConfig:
-    """The config of one view. A copy when the flags change, so the caller's config is never mutated."""
+    """The config of one view: a copy when the flags change, so that the caller's config is never mutated."""
     if (config.is_encoder_decoder, config.is_decoder) == (is_encoder_decoder, is_decoder):
         return config
     config = copy.deepcopy(config)
@@ -422,75 +404,86 @@ def view_config(config: VaswaniConfig, is_encoder_decoder: bool, is_decoder: boo
     return config
 
 
-def collect(states: tuple | None, new_state: torch.Tensor | None) -> tuple | None:
-    """Append to an `output_hidden_states` / `output_attentions` tuple that is None when not requested."""
-    return None if states is None else states + (new_state,)
-
-
 # ----------------------------------------------------------------------------------------------- stacks
 
 
-class VaswaniEncoder(VaswaniPreTrainedModel):
-    """Encoder stack, §3.1: N identical layers over the scaled token embeddings plus positional encodings."""
+class VaswaniStack(VaswaniPreTrainedModel):
+    """What both stacks of §3.1 share: scaled token embeddings plus positional encodings, dropout (§5.4),
+    N identical layers and, with pre-LN, a final layer norm."""
+
+    layer_class: type[VaswaniResidualLayer]
+    num_layers_field: str
 
     def __init__(self, config: VaswaniConfig, embed_tokens: VaswaniScaledEmbedding | None = None):
         super().__init__(config)
         self.embed_tokens = embed_tokens if embed_tokens is not None else VaswaniScaledEmbedding(config)
-        self.embed_positions = build_positions(config)
-        self.layers = nn.ModuleList(VaswaniEncoderLayer(config, i) for i in range(config.encoder_layers))
+        positions_class = VaswaniLearnedPositions if config.position_embedding_type == "learned" else None
+        self.embed_positions = (positions_class or VaswaniSinusoidalPositions)(config)
+        num_layers = getattr(config, self.num_layers_field)
+        self.layers = nn.ModuleList(self.layer_class(config, layer_idx) for layer_idx in range(num_layers))
         if config.layer_norm_position == "pre":
             self.layer_norm = nn.LayerNorm(config.d_model)
         self.post_init()
 
+    def embed(self, input_ids, inputs_embeds, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the token embeddings alone (masks read their shape) and the stack's input, with positions."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        hidden_states = inputs_embeds + self.embed_positions(position_ids).to(inputs_embeds.dtype)
+        return inputs_embeds, F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+
+    def run_layers(self, hidden_states, *layer_args, output_attentions=None, output_hidden_states=None, **layer_kwargs):
+        """Runs every layer; returns the output, the hidden states after each step (with the input) if asked for,
+        and for each kind of attention (self, cross) the tuple of per-layer weights if asked for."""
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        all_hidden_states, all_attentions = [hidden_states], []
+        for layer in self.layers:
+            hidden_states, *attentions = layer(
+                hidden_states, *layer_args, output_attentions=output_attentions, **layer_kwargs
+            )
+            all_hidden_states.append(hidden_states)
+            all_attentions.append(attentions)
+        if hasattr(self, "layer_norm"):
+            hidden_states = all_hidden_states[-1] = self.layer_norm(hidden_states)
+        attentions_by_kind = [tuple(kind) if kind[0] is not None else None for kind in zip(*all_attentions)]
+        return (
+            hidden_states,
+            tuple(all_hidden_states) if output_hidden_states else None,
+            attentions_by_kind if output_attentions else [None] * len(attentions_by_kind),
+        )
+
+
+class VaswaniEncoder(VaswaniStack):
+    """Encoder stack, §3.1: N layers of self-attention and feed-forward over the source."""
+
+    layer_class = VaswaniEncoderLayer
+    num_layers_field = "encoder_layers"
+
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutput | tuple:
+        self, input_ids=None, attention_mask=None, inputs_embeds=None, output_attentions=None,
+        output_hidden_states=None, return_dict=None, **kwargs,
+    ) -> BaseModelOutput | tuple:  # fmt: skip
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds to the encoder.")
         self.check_inputs(input_ids, attention_mask)
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-
-        self.embed_positions.check_length(inputs_embeds.shape[1])
-        positions = positions_from_mask(attention_mask, 0, inputs_embeds.shape[1], inputs_embeds.device)
-        hidden_states = inputs_embeds + self.embed_positions(positions).to(inputs_embeds.dtype)
-        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        self.embed_positions.check_length(tokens.shape[1])
+        positions = positions_from_mask(attention_mask, 0, tokens.shape[1], tokens.device)
+        inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, positions)
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
-
-        all_hidden_states = () if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            all_hidden_states = collect(all_hidden_states, hidden_states)
-            hidden_states, attention = layer(hidden_states, mask, output_attentions=output_attentions, **kwargs)
-            all_attentions = collect(all_attentions, attention)
-        if hasattr(self, "layer_norm"):
-            hidden_states = self.layer_norm(hidden_states)
-        all_hidden_states = collect(all_hidden_states, hidden_states)
-
-        output = BaseModelOutput(hidden_states, all_hidden_states, all_attentions)
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+        hidden_states, all_hidden_states, (attentions,) = self.run_layers(
+            hidden_states, mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs
+        )
+        output = BaseModelOutput(hidden_states, all_hidden_states, attentions)
+        return output if self.wants_dict(return_dict) else output.to_tuple()
 
 
-class VaswaniDecoder(VaswaniPreTrainedModel):
-    """Decoder stack, §3.1: N identical layers whose self-attention is masked so position i sees only j <= i."""
+class VaswaniDecoder(VaswaniStack):
+    """Decoder stack, §3.1: N layers whose self-attention is masked so that position i sees only positions <= i."""
 
-    def __init__(self, config: VaswaniConfig, embed_tokens: VaswaniScaledEmbedding | None = None):
-        super().__init__(config)
-        self.embed_tokens = embed_tokens if embed_tokens is not None else VaswaniScaledEmbedding(config)
-        self.embed_positions = build_positions(config)
-        self.layers = nn.ModuleList(VaswaniDecoderLayer(config, i) for i in range(config.decoder_layers))
-        if config.layer_norm_position == "pre":
-            self.layer_norm = nn.LayerNorm(config.d_model)
-        self.post_init()
+    layer_class = VaswaniDecoderLayer
+    num_layers_field = "decoder_layers"
 
     def check_encoder_states(self, encoder_hidden_states: torch.Tensor | None, batch_size: int) -> None:
         if self.config.is_encoder_decoder and encoder_hidden_states is None:
@@ -503,89 +496,53 @@ class VaswaniDecoder(VaswaniPreTrainedModel):
                 f"{encoder_hidden_states.shape[0]}."
             )
 
-    def new_cache(self) -> Cache:
-        if self.config.is_encoder_decoder:
-            return EncoderDecoderCache(DynamicCache(), DynamicCache())
-        return DynamicCache()
+    def prepare_cache(self, past_key_values: Cache | None, use_cache: bool) -> tuple[Cache | None, Cache | None]:
+        """The cache to pass to the layers and its self-attention part (an EncoderDecoderCache holds both)."""
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+            if self.config.is_encoder_decoder:
+                past_key_values = EncoderDecoderCache(past_key_values, DynamicCache())
+        if isinstance(past_key_values, EncoderDecoderCache):
+            return past_key_values, past_key_values.self_attention_cache
+        return past_key_values, past_key_values
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
+        self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+        past_key_values: Cache | None = None, inputs_embeds=None, position_ids=None, use_cache=None,
+        output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:  # fmt: skip
+        """`attention_mask` covers the cached tokens and the new ones; positions follow it (left padding)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds to the decoder.")
-        self.check_inputs(input_ids, None)
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        batch_size, length = inputs_embeds.shape[:2]
+        self.check_inputs(input_ids, attention_mask, "decoder_input_ids" if self.config.is_encoder_decoder else None)
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        batch_size, length = tokens.shape[:2]
         self.check_encoder_states(encoder_hidden_states, batch_size)
-
-        if use_cache and past_key_values is None:
-            past_key_values = self.new_cache()
-        self_cache = past_key_values
-        if isinstance(past_key_values, EncoderDecoderCache):
-            self_cache = past_key_values.self_attention_cache
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        past_key_values, self_cache = self.prepare_cache(past_key_values, use_cache)
         past_length = self_cache.get_seq_length() if self_cache is not None else 0
-
         self.embed_positions.check_length(past_length + length)
         if position_ids is None:
-            position_ids = positions_from_mask(attention_mask, past_length, length, inputs_embeds.device)
-        hidden_states = inputs_embeds + self.embed_positions(position_ids).to(inputs_embeds.dtype)
-        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+            position_ids = positions_from_mask(attention_mask, past_length, length, tokens.device)
+        inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, position_ids)
+
         self_mask = create_causal_mask(
             config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, past_key_values=self_cache
         )
         cross_mask = None
         if encoder_hidden_states is not None:
             cross_mask = create_bidirectional_mask(
-                config=self.config,
-                inputs_embeds=inputs_embeds,
-                attention_mask=encoder_attention_mask,
+                config=self.config, inputs_embeds=inputs_embeds, attention_mask=encoder_attention_mask,
                 encoder_hidden_states=encoder_hidden_states,
-            )
-
-        all_hidden_states = () if output_hidden_states else None
-        all_self_attentions = () if output_attentions else None
-        all_cross_attentions = () if output_attentions and encoder_hidden_states is not None else None
-        for layer in self.layers:
-            all_hidden_states = collect(all_hidden_states, hidden_states)
-            hidden_states, self_attention, cross_attention = layer(
-                hidden_states,
-                self_mask,
-                encoder_hidden_states,
-                cross_mask,
-                past_key_values=past_key_values,
-                output_attentions=output_attentions,
-                **kwargs,
-            )
-            all_self_attentions = collect(all_self_attentions, self_attention)
-            all_cross_attentions = collect(all_cross_attentions, cross_attention)
-        if hasattr(self, "layer_norm"):
-            hidden_states = self.layer_norm(hidden_states)
-        all_hidden_states = collect(all_hidden_states, hidden_states)
-
+            )  # fmt: skip
+        hidden_states, all_hidden_states, (self_attentions, cross_attentions) = self.run_layers(
+            hidden_states, self_mask, encoder_hidden_states, cross_mask, past_key_values=past_key_values,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
+        )  # fmt: skip
         output = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
-            hidden_states=all_hidden_states,
-            attentions=all_self_attentions,
-            cross_attentions=all_cross_attentions,
+            hidden_states, past_key_values if use_cache else None, all_hidden_states, self_attentions, cross_attentions
         )
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+        return output if self.wants_dict(return_dict) else output.to_tuple()
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -608,7 +565,7 @@ class VaswaniModel(VaswaniPreTrainedModel):
         if config.is_encoder_decoder or config.is_decoder:
             self.decoder = VaswaniDecoder(config, self.shared)
             stacks.append("decoder")
-        # The stacks hold the shared module itself; these keys tell save/load that they are one tensor.
+        # The stacks hold the shared module itself; these keys tell save and load that it is one tensor.
         self._tied_weights_keys = {f"{stack}.embed_tokens.weight": "shared.weight" for stack in stacks}
         self._keys_to_ignore_on_load_missing = [rf"{stack}\.embed_tokens\.weight" for stack in stacks]
         self.post_init()
@@ -623,26 +580,17 @@ class VaswaniModel(VaswaniPreTrainedModel):
                 getattr(self, stack).embed_tokens = embeddings
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.LongTensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        decoder_inputs_embeds: torch.Tensor | None = None,
-        decoder_position_ids: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> Seq2SeqModelOutput | BaseModelOutput | BaseModelOutputWithPastAndCrossAttentions | tuple:
-        """Runs the stacks this view has; the encoder-decoder returns a `Seq2SeqModelOutput`."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+        encoder_outputs=None, past_key_values: Cache | None = None, inputs_embeds=None, decoder_inputs_embeds=None,
+        decoder_position_ids=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+        return_dict=None, **kwargs,
+    ) -> Seq2SeqModelOutput | BaseModelOutput | BaseModelOutputWithPastAndCrossAttentions | tuple:  # fmt: skip
+        """Runs the stacks of this view; the encoder-decoder returns a `Seq2SeqModelOutput`.
+
+        A single-stack view reads its input from `input_ids` (and `attention_mask`, `past_key_values`, ...).
+        """
         flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
-        if not self.config.is_encoder_decoder and self.config.is_decoder:
+        if not hasattr(self, "encoder"):
             return self.decoder(
                 input_ids, attention_mask, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
                 use_cache=use_cache, return_dict=return_dict, **flags, **kwargs,
@@ -651,28 +599,19 @@ class VaswaniModel(VaswaniPreTrainedModel):
             encoder_outputs = self.encoder(input_ids, attention_mask, inputs_embeds, return_dict=True, **flags, **kwargs)
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
-        if not self.config.is_encoder_decoder:
-            return encoder_outputs if return_dict else encoder_outputs.to_tuple()
+        if not hasattr(self, "decoder"):
+            return encoder_outputs if self.wants_dict(return_dict) else encoder_outputs.to_tuple()
 
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError(
                 "The encoder-decoder needs decoder_input_ids (or labels, from which VaswaniForConditionalGeneration "
                 "builds them by shifting right)."
             )
-        self.check_inputs(decoder_input_ids, decoder_attention_mask, "decoder_input_ids")
         decoder_outputs = self.decoder(
-            decoder_input_ids,
-            decoder_attention_mask,
-            encoder_outputs.last_hidden_state,
-            attention_mask,
-            past_key_values=past_key_values,
-            inputs_embeds=decoder_inputs_embeds,
-            position_ids=decoder_position_ids,
-            use_cache=use_cache,
-            return_dict=True,
-            **flags,
-            **kwargs,
-        )
+            decoder_input_ids, decoder_attention_mask, encoder_outputs.last_hidden_state, attention_mask,
+            past_key_values=past_key_values, inputs_embeds=decoder_inputs_embeds, position_ids=decoder_position_ids,
+            use_cache=use_cache, return_dict=True, **flags, **kwargs,
+        )  # fmt: skip
         output = Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
             past_key_values=decoder_outputs.past_key_values,
@@ -683,7 +622,7 @@ class VaswaniModel(VaswaniPreTrainedModel):
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
-        return output if return_dict else output.to_tuple()
+        return output if self.wants_dict(return_dict) else output.to_tuple()
 
 
 # ----------------------------------------------------------------------------------------------- heads
@@ -696,16 +635,11 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
-def token_cross_entropy(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    label_smoothing: float = 0.0,
-    num_items_in_batch: int | torch.Tensor | None = None,
-) -> torch.Tensor:
+def token_cross_entropy(logits, labels, label_smoothing: float = 0.0, num_items_in_batch=None) -> torch.Tensor:
     """Cross-entropy over the labelled tokens (-100 is ignored), with label smoothing (§5.4).
 
-    With `num_items_in_batch` (the labelled tokens of the whole accumulated batch), the sum is divided by it,
-    so that gradient accumulation weights every token equally, as one large batch would.
+    With `num_items_in_batch` (the labelled tokens of the whole accumulated batch) the sum is divided by it, so
+    that gradient accumulation weights every token equally, as one large batch would.
     """
     loss = F.cross_entropy(
         logits.flatten(0, -2).float(),
@@ -719,11 +653,11 @@ def token_cross_entropy(
     return loss
 
 
-def keep_last_logits(hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
-    """Hidden states of the positions whose logits are wanted (generation needs only the last one)."""
-    if isinstance(logits_to_keep, int):
-        return hidden_states if logits_to_keep == 0 else hidden_states[:, -logits_to_keep:]
-    return hidden_states[:, logits_to_keep]
+def head_output(output_class: type[ModelOutput], base_output: ModelOutput, return_dict: bool, **head_fields):
+    """A head's loss and logits with everything else its base output holds (the field names are the same)."""
+    fields = {name: value for name, value in base_output.items() if name != "last_hidden_state"}
+    output = output_class(**head_fields, **fields)
+    return output if return_dict else output.to_tuple()
 
 
 class VaswaniLMHeadMixin:
@@ -740,10 +674,28 @@ class VaswaniLMHeadMixin:
     def set_output_embeddings(self, projection: nn.Linear) -> None:
         self.lm_head = projection
 
-    def lm_loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch) -> torch.Tensor:
-        """Label smoothing is a training regulariser (§5.4): evaluation losses stay the true perplexity's."""
+    def logits_and_loss(self, hidden_states, labels=None, num_items_in_batch=None, skip_logits=None, logits_to_keep=0):
+        """Logits and, with labels, the loss. Label smoothing (§5.4) regularises training only, so that evaluation
+        losses stay true perplexities.
+
+        Training with labels scores only the labelled positions (not padding, not the unmasked tokens of masked
+        LM) and returns no logits, as transformers' `skip_logits` convention does; pass `skip_logits=False` to get
+        them anyway.
+        """
+        if skip_logits is None:
+            skip_logits = self.training and labels is not None
         smoothing = self.config.label_smoothing if self.training else 0.0
-        return token_cross_entropy(logits, labels, smoothing, num_items_in_batch)
+        if skip_logits and labels is not None:
+            labelled = labels != -100
+            logits = self.lm_head(hidden_states[labelled])  # (labelled tokens, vocab)
+            return None, token_cross_entropy(logits, labels[labelled], smoothing, num_items_in_batch)
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden_states = hidden_states[:, -logits_to_keep:]  # generation needs only the last position
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states)
+        loss = token_cross_entropy(logits, labels, smoothing, num_items_in_batch) if labels is not None else None
+        return logits, loss
 
 
 class VaswaniForConditionalGeneration(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationMixin):
@@ -759,64 +711,30 @@ class VaswaniForConditionalGeneration(VaswaniLMHeadMixin, VaswaniPreTrainedModel
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.LongTensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        decoder_inputs_embeds: torch.Tensor | None = None,
-        decoder_position_ids: torch.LongTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        num_items_in_batch: int | torch.Tensor | None = None,
+        self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+        encoder_outputs=None, past_key_values: Cache | None = None, inputs_embeds=None, decoder_inputs_embeds=None,
+        decoder_position_ids=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+        return_dict=None, logits_to_keep: int | torch.Tensor = 0, num_items_in_batch=None, skip_logits=None,
         **kwargs,
-    ) -> Seq2SeqLMOutput | tuple:
-        """`labels` are the target tokens (-100 ignored); decoder inputs are built from them when not given."""
+    ) -> Seq2SeqLMOutput | tuple:  # fmt: skip
+        """`labels`: the target tokens (-100 ignored); the decoder inputs are built from them when not given."""
+        self.check_labels(labels)
         if labels is not None:
             use_cache = False
-            self.check_inputs(labels.masked_fill(labels == -100, 0), None, "labels")
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
             decoder_batch = (decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds).shape[0]
             if labels.shape[0] != decoder_batch:
                 raise ValueError(f"labels has batch size {labels.shape[0]} but the decoder inputs have {decoder_batch}.")
         outputs = self.model(
-            input_ids,
-            attention_mask,
-            decoder_input_ids,
-            decoder_attention_mask,
-            encoder_outputs,
-            past_key_values,
-            inputs_embeds,
-            decoder_inputs_embeds,
-            decoder_position_ids,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            **kwargs,
+            input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs, past_key_values,
+            inputs_embeds, decoder_inputs_embeds, decoder_position_ids, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
+        )  # fmt: skip
+        logits, loss = self.logits_and_loss(
+            outputs.last_hidden_state, labels, num_items_in_batch, skip_logits, logits_to_keep
         )
-        logits = self.lm_head(keep_last_logits(outputs.last_hidden_state, logits_to_keep))
-        loss = self.lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
-        output = Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-        )
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+        return head_output(Seq2SeqLMOutput, outputs, self.wants_dict(return_dict), loss=loss, logits=logits)
 
 
 class VaswaniForMaskedLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel):
@@ -829,27 +747,16 @@ class VaswaniForMaskedLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel):
         self.post_init()
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        num_items_in_batch: int | torch.Tensor | None = None,
-        **kwargs,
-    ) -> MaskedLMOutput | tuple:
-        """`labels` hold the original ids at masked positions and -100 elsewhere."""
-        if labels is not None:
-            self.check_inputs(labels.masked_fill(labels == -100, 0), None, "labels")
+        self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, output_attentions=None,
+        output_hidden_states=None, return_dict=None, num_items_in_batch=None, skip_logits=None, **kwargs,
+    ) -> MaskedLMOutput | tuple:  # fmt: skip
+        """`labels`: the original ids at the masked positions and -100 elsewhere."""
+        self.check_labels(labels)
         outputs = self.model.encoder(
             input_ids, attention_mask, inputs_embeds, output_attentions, output_hidden_states, True, **kwargs
         )
-        logits = self.lm_head(outputs.last_hidden_state)
-        loss = self.lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
-        output = MaskedLMOutput(loss, logits, outputs.hidden_states, outputs.attentions)
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+        logits, loss = self.logits_and_loss(outputs.last_hidden_state, labels, num_items_in_batch, skip_logits)
+        return head_output(MaskedLMOutput, outputs, self.wants_dict(return_dict), loss=loss, logits=logits)
 
 
 class VaswaniForCausalLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationMixin):
@@ -862,55 +769,31 @@ class VaswaniForCausalLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationM
         self.post_init()
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        num_items_in_batch: int | torch.Tensor | None = None,
+        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values: Cache | None = None,
+        inputs_embeds=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+        return_dict=None, logits_to_keep: int | torch.Tensor = 0, num_items_in_batch=None, skip_logits=None,
         **kwargs,
-    ) -> CausalLMOutputWithCrossAttentions | tuple:
+    ) -> CausalLMOutputWithCrossAttentions | tuple:  # fmt: skip
         """`labels` align with `input_ids` (usually equal to them); the head shifts them to predict the next token."""
-        if labels is not None:
-            self.check_inputs(labels.masked_fill(labels == -100, 0), None, "labels")
-            if input_ids is not None and labels.shape != input_ids.shape:
-                raise ValueError(f"labels have shape {tuple(labels.shape)} but input_ids {tuple(input_ids.shape)}.")
+        self.check_labels(labels)
+        if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"labels have shape {tuple(labels.shape)} but input_ids {tuple(input_ids.shape)}.")
         outputs = self.model.decoder(
-            input_ids,
-            attention_mask,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            **kwargs,
-        )
-        logits = self.lm_head(keep_last_logits(outputs.last_hidden_state, logits_to_keep))
-        loss = None
+            input_ids, attention_mask, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+            position_ids=position_ids, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
+        )  # fmt: skip
         if labels is not None:
-            next_token_labels = F.pad(labels[:, 1:], (0, 1), value=-100)  # the last position predicts nothing
-            loss = self.lm_loss(logits, next_token_labels, num_items_in_batch)
-        output = CausalLMOutputWithCrossAttentions(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            labels = F.pad(labels[:, 1:], (0, 1), value=-100)  # position i predicts token i + 1; the last, nothing
+        logits, loss = self.logits_and_loss(
+            outputs.last_hidden_state, labels, num_items_in_batch, skip_logits, logits_to_keep
         )
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+        return_dict = self.wants_dict(return_dict)
+        return head_output(CausalLMOutputWithCrossAttentions, outputs, return_dict, loss=loss, logits=logits)
 
 
 class VaswaniClassificationHead(nn.Module):
-    """Sentence classifier on the mean of the encoder's outputs over real (unpadded) tokens."""
+    """Sentence classifier on the mean of the encoder outputs over the real (unpadded) tokens."""
 
     def __init__(self, config: VaswaniConfig):
         super().__init__()
@@ -955,25 +838,17 @@ class VaswaniForSequenceClassification(VaswaniPreTrainedModel):
         self.post_init()
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SequenceClassifierOutput | tuple:
+        self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, output_attentions=None,
+        output_hidden_states=None, return_dict=None, **kwargs,
+    ) -> SequenceClassifierOutput | tuple:  # fmt: skip
         """`labels`: class ids, floats for regression (`num_labels=1`), or multi-hot floats for multi-label."""
-        kwargs.pop("num_items_in_batch", None)  # a token count: meaningless for one label per sequence
+        kwargs.pop("num_items_in_batch", None)  # a token count: meaningless with one label per sequence
         outputs = self.model.encoder(
             input_ids, attention_mask, inputs_embeds, output_attentions, output_hidden_states, True, **kwargs
         )
         logits = self.classifier(outputs.last_hidden_state, attention_mask)
         loss = classification_loss(self.config, logits, labels) if labels is not None else None
-        output = SequenceClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+        return head_output(SequenceClassifierOutput, outputs, self.wants_dict(return_dict), loss=loss, logits=logits)
 
 
 __all__ = [
