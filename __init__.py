@@ -15,6 +15,7 @@ from transformers import (
 
 # Absolute imports: pytest also imports this file as the package of the repository root, under another name.
 from vaswani.configuration import VaswaniConfig
+from vaswani.tokenization import causal_lm_tokenizer, train_tokenizer
 from vaswani.modeling import (
     VaswaniForCausalLM,
     VaswaniForConditionalGeneration,
@@ -42,4 +43,6 @@ __all__ = [
     "VaswaniForMaskedLM",
     "VaswaniForCausalLM",
     "VaswaniForSequenceClassification",
+    "train_tokenizer",
+    "causal_lm_tokenizer",
 ]
