@@ -36,7 +36,9 @@ from transformers import PreTrainedConfig
 ACTIVATIONS = ("relu", "gelu", "silu")
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
 LAYER_NORM_POSITIONS = ("post", "pre")
-SPECIAL_TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "mask_token_id")
+# The ids the model itself reads. `mask_token_id` is only the tokenizer's, for data collators: like transformers,
+# out of the vocabulary it gets a warning, so that a vocabulary resized below it can still be saved.
+MODEL_TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
 
 # Table 3, "big": everything else as in the base model.
 BIG_MODEL = {
@@ -127,6 +129,12 @@ class VaswaniConfig(PreTrainedConfig):
             "eos_token_id": tokenizer.eos_token_id,
             "mask_token_id": tokenizer.mask_token_id,
         }
+        too_long = getattr(tokenizer, "model_max_length", 0) > self.max_position_embeddings
+        if self.position_embedding_type == "learned" and too_long:
+            problems.append(
+                f"the tokenizer keeps {tokenizer.model_max_length} tokens but there are only "
+                f"{self.max_position_embeddings} learned positions"
+            )
         for name, tokenizer_id in tokenizer_ids.items():
             config_id = getattr(self, name)
             if tokenizer_id is not None and config_id is not None and tokenizer_id != config_id:
@@ -176,7 +184,7 @@ class VaswaniConfig(PreTrainedConfig):
         self._check_choice("activation_function", ACTIVATIONS)
         self._check_choice("position_embedding_type", POSITION_EMBEDDING_TYPES)
         self._check_choice("layer_norm_position", LAYER_NORM_POSITIONS)
-        for name in SPECIAL_TOKEN_FIELDS:
+        for name in MODEL_TOKEN_FIELDS:
             token_id = getattr(self, name)
             if token_id is not None and not 0 <= token_id < self.vocab_size:
                 raise ValueError(

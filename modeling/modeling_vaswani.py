@@ -414,9 +414,9 @@ class VaswaniStack(VaswaniPreTrainedModel):
     layer_class: type[VaswaniResidualLayer]
     num_layers_field: str
 
-    def __init__(self, config: VaswaniConfig, embed_tokens: VaswaniScaledEmbedding | None = None):
+    def __init__(self, config: VaswaniConfig):
         super().__init__(config)
-        self.embed_tokens = embed_tokens if embed_tokens is not None else VaswaniScaledEmbedding(config)
+        self.embed_tokens = VaswaniScaledEmbedding(config)  # its weight is tied to `VaswaniModel.shared`
         positions_class = VaswaniLearnedPositions if config.position_embedding_type == "learned" else None
         self.embed_positions = (positions_class or VaswaniSinusoidalPositions)(config)
         num_layers = getattr(config, self.num_layers_field)
@@ -560,15 +560,22 @@ class VaswaniModel(VaswaniPreTrainedModel):
         self.shared = VaswaniScaledEmbedding(config)
         stacks = []
         if config.is_encoder_decoder or not config.is_decoder:
-            self.encoder = VaswaniEncoder(config, self.shared)
+            self.encoder = VaswaniEncoder(config)
             stacks.append("encoder")
         if config.is_encoder_decoder or config.is_decoder:
-            self.decoder = VaswaniDecoder(config, self.shared)
+            self.decoder = VaswaniDecoder(config)
             stacks.append("decoder")
-        # The stacks hold the shared module itself; these keys tell save and load that it is one tensor.
+        # Parameters, not modules, are tied (as in BART): transformers' loading marks tied targets as initialised,
+        # which for one shared module would mark `shared` itself and leave it unloaded.
         self._tied_weights_keys = {f"{stack}.embed_tokens.weight": "shared.weight" for stack in stacks}
-        self._keys_to_ignore_on_load_missing = [rf"{stack}\.embed_tokens\.weight" for stack in stacks]
         self.post_init()
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        """Source and target always share the embedding (one vocabulary, §3.4); `tie_word_embeddings=False`
+        unties only the output projection, which transformers would otherwise untie together with these."""
+        if all_submodels:
+            return super().get_expanded_tied_weights_keys(all_submodels=True)
+        return dict(self._tied_weights_keys)
 
     def get_input_embeddings(self) -> VaswaniScaledEmbedding:
         return self.shared
@@ -772,10 +779,13 @@ class VaswaniForCausalLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationM
         self, input_ids=None, attention_mask=None, position_ids=None, past_key_values: Cache | None = None,
         inputs_embeds=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
         return_dict=None, logits_to_keep: int | torch.Tensor = 0, num_items_in_batch=None, skip_logits=None,
-        **kwargs,
+        shift_labels=None, **kwargs,
     ) -> CausalLMOutputWithCrossAttentions | tuple:  # fmt: skip
-        """`labels` align with `input_ids` (usually equal to them); the head shifts them to predict the next token."""
+        """`labels` align with `input_ids` (usually equal to them); the head shifts them to predict the next token.
+        `shift_labels`, targets shifted already (context-parallel training shifts before it shards the sequence,
+        as transformers' `ForCausalLMLoss` expects), replace `labels` when given."""
         self.check_labels(labels)
+        self.check_labels(shift_labels)
         if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
             raise ValueError(f"labels have shape {tuple(labels.shape)} but input_ids {tuple(input_ids.shape)}.")
         outputs = self.model.decoder(
@@ -783,10 +793,10 @@ class VaswaniForCausalLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationM
             position_ids=position_ids, use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )  # fmt: skip
-        if labels is not None:
-            labels = F.pad(labels[:, 1:], (0, 1), value=-100)  # position i predicts token i + 1; the last, nothing
+        if shift_labels is None and labels is not None:  # position i predicts token i + 1; the last, nothing
+            shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
         logits, loss = self.logits_and_loss(
-            outputs.last_hidden_state, labels, num_items_in_batch, skip_logits, logits_to_keep
+            outputs.last_hidden_state, shift_labels, num_items_in_batch, skip_logits, logits_to_keep
         )
         return_dict = self.wants_dict(return_dict)
         return head_output(CausalLMOutputWithCrossAttentions, outputs, return_dict, loss=loss, logits=logits)

@@ -403,12 +403,13 @@ def test_one_shared_matrix_is_saved_once_and_stays_tied_after_loading(tmp_path):
 def test_untied_output_projection_keeps_source_and_target_shared(tmp_path):
     model = VaswaniForConditionalGeneration(tiny_config(tie_word_embeddings=False))
     assert model.lm_head.weight is not model.model.shared.weight
-    assert model.model.encoder.embed_tokens is model.model.shared is model.model.decoder.embed_tokens
+    shared = model.model.shared.weight
+    assert model.model.encoder.embed_tokens.weight is shared is model.model.decoder.embed_tokens.weight
     model.save_pretrained(tmp_path)
     loaded, info = VaswaniForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
-    assert loaded.model.decoder.embed_tokens is loaded.model.shared
+    assert loaded.model.decoder.embed_tokens.weight is loaded.model.shared.weight
 
 
 @pytest.mark.parametrize("model_class", [VaswaniForConditionalGeneration, VaswaniForMaskedLM, VaswaniForCausalLM])
@@ -418,7 +419,7 @@ def test_resize_token_embeddings_keeps_the_tie_and_survives_save_load(model_clas
     assert model.config.vocab_size == 120 and model.lm_head.weight.shape == (120, 32)
     assert model.lm_head.weight is model.model.shared.weight
     stacks = [getattr(model.model, name) for name in ("encoder", "decoder") if hasattr(model.model, name)]
-    assert all(stack.embed_tokens is model.model.shared for stack in stacks)
+    assert all(stack.embed_tokens.weight is model.model.shared.weight for stack in stacks)
     model.save_pretrained(tmp_path)
     loaded = model_class.from_pretrained(tmp_path)
     assert loaded.lm_head.weight is loaded.model.shared.weight
