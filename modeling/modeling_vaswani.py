@@ -165,7 +165,9 @@ class VaswaniAttention(nn.Module):
 
     Self-attention projects queries, keys and values with one fused matrix (`qkv_proj`); cross-attention projects
     queries from the decoder (`q_proj`) and keys and values from the encoder output (`kv_proj`) once per
-    generation: the cache keeps them.
+    generation: the cache keeps them. The projections have no biases, as in the authors' tensor2tensor: a key
+    bias adds the same score to every key of a query, which softmax ignores, so its gradient is zero and only
+    numerical noise, which Adam (eps 1e-9) would turn into full-size steps.
     """
 
     def __init__(self, config: VaswaniConfig, layer_idx: int, role: str):
@@ -181,11 +183,11 @@ class VaswaniAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.dropout = config.attention_dropout
         if self.is_cross_attention:
-            self.q_proj = nn.Linear(config.d_model, config.d_model)
-            self.kv_proj = nn.Linear(config.d_model, 2 * config.d_model)
+            self.q_proj = nn.Linear(config.d_model, config.d_model, bias=False)
+            self.kv_proj = nn.Linear(config.d_model, 2 * config.d_model, bias=False)
         else:
-            self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)
-        self.out_proj = nn.Linear(config.d_model, config.d_model)
+            self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=False)
 
     def split_heads(self, projected: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
         batch, length, _ = projected.shape

@@ -1,0 +1,327 @@
+"""The training package: arguments, data, collators, schedule, the loop (resume, processes), export, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vaswani import VaswaniForCausalLM, VaswaniForMaskedLM, train_tokenizer
+from vaswani.training.__main__ import main
+from vaswani.training.arguments import TrainArguments, parse_arguments
+from vaswani.training.build import build_model, warm_start
+from vaswani.training.corpus import load_parallel_corpus
+from vaswani.training.data import build_collator, load_raw_dataset, tokenize_blocks, tokenize_pairs
+from vaswani.training.loop import LATEST, build_optimizer_and_scheduler, resolve_resume, save_checkpoint
+from vaswani.training.run import run
+
+REPOSITORY = Path(__file__).parents[1]
+TINY_MODEL = "--d-model 32 --layers 1 --heads 2 --ffn-dim 64 --vocab-size 300 --max-length 48".split()
+TINY_RUN = [*TINY_MODEL, "--batch-size", "8", "--warmup-steps", "2", "--logging-steps", "1", "--max-eval-examples", "4",
+            "--num-beams", "1", "--pretrain-steps", "0", "--validation-fraction", "0.2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory) -> Path:
+    """80 real English-Spanish pairs as a local JSON-lines dataset (no test split: validation is evaluated)."""
+    pairs = load_parallel_corpus()["train"].select(range(80))
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"en": row["en"], "es": row["es"]}) + "\n" for row in pairs))
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_file(pairs_file) -> Path:
+    path = pairs_file.with_name("english.txt")
+    path.write_text("".join(json.loads(line)["en"] + "\n" for line in pairs_file.read_text().splitlines()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(pairs_file):
+    texts = [text for line in pairs_file.read_text().splitlines() for text in json.loads(line).values()]
+    return train_tokenizer(texts, vocab_size=300, model_max_length=48, show_progress=False)
+
+
+def tiny_args(tmp_path, *extra) -> TrainArguments:
+    return parse_arguments([*TINY_RUN, "--output-dir", str(tmp_path), *extra])
+
+
+# ----------------------------------------------------------------------------------------------- arguments
+
+
+def test_defaults_are_the_main_job_with_the_papers_optimiser():
+    args = parse_arguments([])
+    assert (args.objective, args.dataset, args.label_smoothing, args.lr_scheduler) == (
+        "seq2seq", "bible-en-es", 0.1, "inverse_sqrt"
+    )
+    assert args.compares_warm_start()
+    assert parse_arguments(["--objective", "mlm"]).dataset == "bible-en"
+    assert parse_arguments(["--objective", "clm"]).label_smoothing == 0.0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max-steps", "0"], "--max-steps must be positive"),
+        (["--objective", "mlm", "--init-encoder", "x"], "--init-encoder and --init-decoder warm-start a seq2seq"),
+        (["--pretrain-steps", "-1"], "--pretrain-steps must be 0 or more"),
+    ],
+)
+def test_bad_arguments_are_named(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_arguments(argv)
+
+
+def test_unknown_objective_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        parse_arguments(["--objective", "mt"])
+    assert "invalid choice: 'mt'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+
+
+def test_schedule_and_optimiser_follow_the_paper():
+    """lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) (§5.3), with Adam(0.9, 0.98, 1e-9)."""
+    args = TrainArguments(d_model=512, warmup_steps=4000, max_steps=100_000)
+    optimizer, scheduler = build_optimizer_and_scheduler(torch.nn.Linear(2, 2), args)
+    assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-9
+    learning_rates = {}
+    for step in range(1, 20_001):
+        optimizer.step()
+        scheduler.step()
+        learning_rates[step] = scheduler.get_last_lr()[0]
+    for step in (1, 100, 3999, 4000, 4001, 20_000):
+        paper = 512**-0.5 * min(step**-0.5, step * 4000**-1.5)
+        assert learning_rates[step] == pytest.approx(paper, rel=1e-9), step
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_local_files_of_each_format_load_with_a_validation_split(pairs_file, tmp_path, suffix):
+    import datasets
+
+    table = datasets.load_dataset("json", data_files=str(pairs_file))["train"]
+    path = tmp_path / f"pairs{suffix}"
+    {".jsonl": table.to_json, ".csv": table.to_csv, ".parquet": table.to_parquet}[suffix](str(path))
+    dataset = load_raw_dataset(str(path), validation_fraction=0.25)
+    assert len(dataset["train"]) == 60 and len(dataset["validation"]) == 20
+    assert dataset["train"].column_names == ["en", "es"]
+
+
+def test_a_folder_of_text_files_loads_line_by_line(text_file, tmp_path):
+    (tmp_path / "a.txt").write_text(text_file.read_text())
+    (tmp_path / "b.txt").write_text("one more line\n")
+    dataset = load_raw_dataset(str(tmp_path), validation_fraction=0.5)
+    assert len(dataset["train"]) + len(dataset["validation"]) == 81 and dataset["train"].column_names == ["text"]
+
+
+def test_data_errors_are_named(tmp_path, pairs_file):
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "a.txt").write_text("x\n")
+    (tmp_path / "mixed" / "b.csv").write_text("x\n1\n")
+    with pytest.raises(ValueError, match="mixes file formats"):
+        load_raw_dataset(str(tmp_path / "mixed"))
+    (tmp_path / "broken.jsonl").write_text('{"en": "unterminated\n')
+    with pytest.raises(ValueError, match="Could not read .*broken.jsonl"):
+        load_raw_dataset(str(tmp_path / "broken.jsonl"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no readable data file"):
+        load_raw_dataset(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="The dataset has no column fr; its columns are en, es"):
+        tokenize_pairs(load_raw_dataset(str(pairs_file)), None, "en", "fr", 16)
+
+
+def test_a_missing_dataset_names_both_places_it_looked(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="Could not load dataset 'nobody/no-such-data': no such local file"):
+        load_raw_dataset("nobody/no-such-data")
+
+
+def test_pairs_become_source_ids_and_labels_ending_in_eos(pairs_file, tokenizer):
+    tokenized = tokenize_pairs(load_raw_dataset(str(pairs_file)), tokenizer, "en", "es", max_length=16)
+    example = tokenized["train"][0]
+    assert example["labels"][-1] == tokenizer.eos_token_id and example["input_ids"][-1] == tokenizer.eos_token_id
+    assert max(len(ids) for ids in tokenized["train"]["input_ids"]) <= 16
+
+
+def test_text_is_grouped_into_full_blocks(text_file, tokenizer):
+    blocks = tokenize_blocks(load_raw_dataset(str(text_file)), tokenizer, "text", block_size=32)["train"]
+    assert len(blocks) > 10 and all(len(ids) == 32 for ids in blocks["input_ids"])
+    assert tokenizer.eos_token_id in [token for ids in blocks["input_ids"] for token in ids]  # verse separators
+
+
+# ----------------------------------------------------------------------------------------------- collators
+
+
+def test_seq2seq_collator_pads_labels_with_minus_100_and_builds_decoder_inputs(tokenizer):
+    model = build_model(TrainArguments(d_model=32, layers=1, heads=2, ffn_dim=64), tokenizer)
+    collator = build_collator("seq2seq", tokenizer, model)
+    batch = collator([{"input_ids": [10, 11, 2], "labels": [20, 2]}, {"input_ids": [12, 2], "labels": [21, 22, 23, 2]}])
+    assert batch["labels"].tolist() == [[20, 2, -100, -100], [21, 22, 23, 2]]
+    assert batch["decoder_input_ids"].tolist() == [[1, 20, 2, 0], [1, 21, 22, 23]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_mlm_collator_masks_15_percent_80_10_10_and_never_special_tokens(tokenizer):
+    torch.manual_seed(0)
+    collator = build_collator("mlm", tokenizer)
+    original = torch.randint(5, 300, (64, 128))
+    original[:, -1] = tokenizer.eos_token_id
+    batch = collator([{"input_ids": ids.tolist()} for ids in original])
+    selected = batch["labels"] != -100
+    assert 0.13 < selected.float().mean() < 0.17
+    assert not selected[:, -1].any()  # </s> is never a target
+    masked = batch["input_ids"][selected] == tokenizer.mask_token_id
+    kept = batch["input_ids"][selected] == original[selected]
+    assert 0.77 < masked.float().mean() < 0.83 and 0.07 < kept.float().mean() < 0.13
+    assert torch.equal(batch["labels"][selected], original[selected])
+
+
+def test_clm_collator_labels_are_the_inputs():
+    from vaswani.tokenization import causal_lm_tokenizer
+
+    tokenizer = causal_lm_tokenizer(train_tokenizer(["a b c"] * 10, vocab_size=270, show_progress=False))
+    batch = build_collator("clm", tokenizer)([{"input_ids": [1, 7, 8, 2]}, {"input_ids": [1, 9, 2]}])
+    assert batch["input_ids"].tolist() == [[1, 7, 8, 2], [0, 1, 9, 2]]  # left padding, as generation wants
+    assert batch["labels"].tolist() == [[1, 7, 8, 2], [-100, 1, 9, 2]]
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+
+@pytest.mark.parametrize("objective", ["seq2seq", "mlm", "clm"])
+def test_one_run_per_objective_trains_evaluates_and_exports(objective, tmp_path, pairs_file, text_file):
+    dataset = pairs_file if objective == "seq2seq" else text_file
+    result = run(tiny_args(tmp_path, "--objective", objective, "--dataset", str(dataset), "--max-steps", "3"))
+    assert result.state.step == 3 and len(result.state.train_log) == 3
+    expected = {"bleu", "chrf"} if objective == "seq2seq" else {"loss", "perplexity"}
+    assert expected <= result.metrics.keys()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "modeling_vaswani.py"):
+        assert (result.model_dir / name).exists(), name
+    assert (tmp_path / "loss_curves.png").stat().st_size > 10_000
+    assert (tmp_path / "checkpoints" / LATEST).read_text() == "step-0000003"
+
+
+def test_resumed_training_equals_uninterrupted_training(tmp_path, pairs_file, tokenizer):
+    """N steps == N/2 steps + resume + N/2 steps: same data order, dropout masks, optimiser and schedule."""
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    common = ["--dataset", str(pairs_file), "--tokenizer", str(tmp_path / "tokenizer"), "--save-steps", "3"]
+    uninterrupted = run(tiny_args(tmp_path / "a", *common, "--max-steps", "6"))
+    run(tiny_args(tmp_path / "b", *common, "--max-steps", "3"))
+    resumed = run(tiny_args(tmp_path / "b", *common, "--max-steps", "6", "--resume", "latest"))
+    assert [entry["loss"] for entry in resumed.state.train_log] == [entry["loss"] for entry in uninterrupted.state.train_log]
+    weights_a = load_file(uninterrupted.model_dir / "model.safetensors")
+    weights_b = load_file(resumed.model_dir / "model.safetensors")
+    for name, weight in weights_a.items():
+        assert torch.equal(weight, weights_b[name]), name
+
+
+def test_an_interrupted_save_leaves_the_latest_checkpoint_intact(tmp_path, pairs_file):
+    run(tiny_args(tmp_path, "--dataset", str(pairs_file), "--max-steps", "2", "--save-steps", "1"))
+    root = tmp_path / "checkpoints"
+    assert sorted(path.name for path in root.iterdir()) == [LATEST, "step-0000001", "step-0000002"]
+    (root / "tmp-step-0000003").mkdir()  # a save killed before its rename: never named by `latest`
+    (root / "tmp-step-0000003" / "optimizer.bin").write_bytes(b"truncated")
+    assert resolve_resume(tiny_args(tmp_path, "--resume", "latest")) == root / "step-0000002"
+    with pytest.raises(FileNotFoundError, match="is not a checkpoint folder"):
+        resolve_resume(tiny_args(tmp_path, "--resume", str(root / "tmp-step-0000003")))
+
+
+def test_checkpoints_beyond_the_limit_are_pruned(tmp_path, pairs_file):
+    run(tiny_args(tmp_path, "--dataset", str(pairs_file), "--max-steps", "4", "--save-steps", "1", "--save-total-limit", "2"))
+    assert sorted(path.name for path in (tmp_path / "checkpoints").glob("step-*")) == ["step-0000003", "step-0000004"]
+
+
+@pytest.mark.slow
+def test_two_processes_with_half_batches_equal_one_process(tmp_path, pairs_file, tokenizer):
+    """`torchrun --nproc_per_node 2` on CPU (gloo), batch 4 per process == 1 process with batch 8.
+
+    Tolerance: 1e-4 on every parameter after 4 Adam steps (measured: ~3e-6, the all-reduce sums in another order).
+    Dropout is off: each process draws its own masks, by design.
+    """
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    common = [*TINY_RUN, "--dataset", str(pairs_file), "--tokenizer", str(tmp_path / "tokenizer"), "--dropout", "0",
+              "--max-steps", "4", "--eval-steps", "100"]  # fmt: skip
+    assert main([*common, "--output-dir", str(tmp_path / "one"), "--batch-size", "8"]) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "vaswani.training"]
+    completed = subprocess.run(
+        [*torchrun, *common, "--output-dir", str(tmp_path / "two"), "--batch-size", "4"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    one = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    for name, weight in one.items():
+        torch.testing.assert_close(two[name], weight, atol=1e-4, rtol=0, msg=name)
+
+
+# ----------------------------------------------------------------------------------------------- warm start
+
+
+def test_warm_start_takes_the_encoder_from_mlm_and_the_decoder_from_clm(tmp_path, tokenizer):
+    args = TrainArguments(d_model=32, layers=1, heads=2, ffn_dim=64)
+    masked_lm = build_model(replace(args, objective="mlm"), tokenizer)
+    causal_lm = build_model(replace(args, objective="clm"), tokenizer)
+    masked_lm.save_pretrained(tmp_path / "mlm")
+    causal_lm.save_pretrained(tmp_path / "clm")
+    model = warm_start(str(tmp_path / "mlm"), str(tmp_path / "clm"))
+    for name, weight in masked_lm.model.encoder.layers.state_dict().items():
+        assert torch.equal(model.model.encoder.layers.state_dict()[name], weight), name
+    for name, weight in causal_lm.model.decoder.layers.state_dict().items():
+        assert torch.equal(model.model.decoder.layers.state_dict()[name], weight), name
+    assert torch.equal(model.model.shared.weight, causal_lm.model.shared.weight)  # tied to the target-side output
+
+
+def test_warm_start_refuses_stacks_of_different_shapes(tmp_path, tokenizer):
+    args = TrainArguments(d_model=32, layers=1, heads=2, ffn_dim=64)
+    build_model(replace(args, objective="mlm"), tokenizer).save_pretrained(tmp_path / "mlm")
+    build_model(replace(args, objective="clm", ffn_dim=128), tokenizer).save_pretrained(tmp_path / "clm")
+    with pytest.raises(ValueError, match="another architecture than the encoder checkpoint: decoder_ffn_dim 128 vs 64"):
+        warm_start(str(tmp_path / "mlm"), str(tmp_path / "clm"))
+
+
+# ----------------------------------------------------------------------------------------------- the CLI
+
+
+def test_main_job_compares_warm_start_on_a_tiny_budget(tmp_path, pairs_file, capsys):
+    argv = [*TINY_RUN, "--dataset", str(pairs_file), "--output-dir", str(tmp_path), "--max-steps", "2",
+            "--pretrain-steps", "2"]  # fmt: skip
+    assert main(argv) == 0
+    comparison = json.loads((tmp_path / "warm_start_comparison.json").read_text())
+    assert {"bleu", "chrf"} <= comparison["from-scratch"].keys() and {"bleu", "chrf"} <= comparison["warm-started"].keys()
+    for folder in ("encoder-mlm", "decoder-clm", "from-scratch", "warm-started", "model", "tokenizer"):
+        assert (tmp_path / folder).is_dir(), folder
+    assert VaswaniForMaskedLM.from_pretrained(tmp_path / "encoder-mlm" / "model")
+    assert VaswaniForCausalLM.from_pretrained(tmp_path / "decoder-clm" / "model")
+    printed = capsys.readouterr().out
+    assert "bleu:" in printed and "translation:" in printed
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    for option in ("--objective", "--output-dir", "--max-steps", "--dataset", "--tokenizer", "--init-encoder",
+                   "--init-decoder", "--resume", "--pretrain-steps", "--push-to-hub"):  # fmt: skip
+        assert option in printed, option
+    assert "usage: vaswani-train" in printed
+
+
+@pytest.mark.parametrize("config_file", sorted((REPOSITORY / "training" / "accelerate_configs").glob("*.yaml")))
+def test_shipped_accelerate_configs_parse(config_file):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(config_file))
+    assert config.distributed_type.name in {"MULTI_GPU", "FSDP", "DEEPSPEED"}

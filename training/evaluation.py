@@ -1,0 +1,44 @@
+"""Final evaluation of a run: BLEU and chrF of beam-search translations, or perplexity for mlm/clm."""
+
+import sacrebleu
+import torch
+from accelerate.utils import gather_object
+
+from vaswani.modeling.pipelines import translate
+from vaswani.training.arguments import TrainArguments
+from vaswani.training.loop import evaluate_loss
+
+EXAMPLES_SHOWN = 5
+
+
+def translation_metrics(model, tokenizer, dataset, args: TrainArguments, accelerator) -> tuple[dict, list[dict]]:
+    """Corpus BLEU and chrF (sacrebleu's defaults) of the model's translations of `dataset`, and a few examples.
+
+    sacrebleu is called directly: `evaluate.load("sacrebleu")` fetches its script from the Hub, which an offline
+    machine cannot reach.
+    """
+    count = len(dataset) if args.max_eval_examples is None else min(len(dataset), args.max_eval_examples)
+    sources, references = dataset[args.source_column][:count], dataset[args.target_column][:count]
+    model = accelerator.unwrap_model(model).eval()
+    with accelerator.split_between_processes(sources) as shard:
+        hypotheses = translate(
+            model, tokenizer, shard, show_progress=accelerator.is_local_main_process,
+            num_beams=args.num_beams, length_penalty=args.length_penalty, max_new_tokens=args.max_length + 50,
+        )  # fmt: skip
+    hypotheses = gather_object(hypotheses)
+    metrics = {
+        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+        "translated_examples": count,
+    }
+    examples = [
+        {"source": source, "reference": reference, "translation": hypothesis}
+        for source, reference, hypothesis in list(zip(sources, references, hypotheses))[:EXAMPLES_SHOWN]
+    ]
+    return metrics, examples
+
+
+def language_model_metrics(model, loader, accelerator, seed: int) -> dict:
+    """Loss and perplexity on held-out blocks; masked-LM masks are drawn from a fixed seed so runs compare."""
+    torch.manual_seed(seed)
+    return evaluate_loss(model, loader, accelerator)
