@@ -56,7 +56,7 @@ class VaswaniConfig(PreTrainedConfig):
     """Configuration of every Vaswani view; the defaults are the paper's base model (Table 3)."""
 
     model_type = "vaswani"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
     attribute_map = {
         "hidden_size": "d_model",
         "num_attention_heads": "encoder_attention_heads",

@@ -48,6 +48,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import is_torchdynamo_compiling
+from transformers.utils.deprecation import deprecate_kwarg
 
 
 try:  # a Hub checkpoint carries this file next to configuration_vaswani.py
@@ -216,15 +217,15 @@ class VaswaniAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         output_attentions: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`past_key_values`: the self-attention cache for self-attention, the EncoderDecoderCache for cross."""
+        """`cache`: the self-attention cache for self-attention, the EncoderDecoderCache for cross."""
         if self.is_cross_attention:
-            query, key, value = self.cross_attention_states(hidden_states, encoder_hidden_states, past_key_values)
+            query, key, value = self.cross_attention_states(hidden_states, encoder_hidden_states, cache)
         else:
-            query, key, value = self.self_attention_states(hidden_states, past_key_values)
+            query, key, value = self.self_attention_states(hidden_states, cache)
         implementation = self.config._attn_implementation
         if output_attentions and implementation == "sdpa":
             implementation = "eager"  # sdpa computes no weights; eager reads sdpa's masks
@@ -320,21 +321,21 @@ class VaswaniDecoderLayer(VaswaniResidualLayer):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ):
         """Returns the new hidden states and the self- and cross-attention weights (None unless asked for)."""
-        self_cache = past_key_values
-        if isinstance(past_key_values, EncoderDecoderCache):
-            self_cache = past_key_values.self_attention_cache
+        self_cache = cache
+        if isinstance(cache, EncoderDecoderCache):
+            self_cache = cache.self_attention_cache
         normed = self.sublayer_input(self.self_attn_layer_norm, hidden_states)
-        attended, self_attention = self.self_attn(normed, attention_mask, past_key_values=self_cache, **kwargs)
+        attended, self_attention = self.self_attn(normed, attention_mask, cache=self_cache, **kwargs)
         hidden_states = self.add_residual(self.self_attn_layer_norm, hidden_states, attended)
         cross_attention = None
         if encoder_hidden_states is not None:
             normed = self.sublayer_input(self.cross_attn_layer_norm, hidden_states)
             attended, cross_attention = self.cross_attn(
-                normed, encoder_attention_mask, encoder_hidden_states, past_key_values=past_key_values, **kwargs
+                normed, encoder_attention_mask, encoder_hidden_states, cache=cache, **kwargs
             )
             hidden_states = self.add_residual(self.cross_attn_layer_norm, hidden_states, attended)
         return self.feed_forward_block(hidden_states), self_attention, cross_attention
@@ -350,7 +351,7 @@ class VaswaniPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["VaswaniEncoderLayer", "VaswaniDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
     _supports_flex_attn = True
     _can_compile_fullgraph = True
@@ -498,19 +499,20 @@ class VaswaniDecoder(VaswaniStack):
                 f"{encoder_hidden_states.shape[0]}."
             )
 
-    def prepare_cache(self, past_key_values: Cache | None, use_cache: bool) -> tuple[Cache | None, Cache | None]:
+    def prepare_cache(self, cache: Cache | None, use_cache: bool) -> tuple[Cache | None, Cache | None]:
         """The cache to pass to the layers and its self-attention part (an EncoderDecoderCache holds both)."""
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
+        if use_cache and cache is None:
+            cache = DynamicCache()
             if self.config.is_encoder_decoder:
-                past_key_values = EncoderDecoderCache(past_key_values, DynamicCache())
-        if isinstance(past_key_values, EncoderDecoderCache):
-            return past_key_values, past_key_values.self_attention_cache
-        return past_key_values, past_key_values
+                cache = EncoderDecoderCache(cache, DynamicCache())
+        if isinstance(cache, EncoderDecoderCache):
+            return cache, cache.self_attention_cache
+        return cache, cache
 
+    @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")  # transformers 5.24 renamed it
     def forward(
         self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-        past_key_values: Cache | None = None, inputs_embeds=None, position_ids=None, use_cache=None,
+        cache: Cache | None = None, inputs_embeds=None, position_ids=None, use_cache=None,
         output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:  # fmt: skip
         """`attention_mask` covers the cached tokens and the new ones; positions follow it (left padding)."""
@@ -521,7 +523,7 @@ class VaswaniDecoder(VaswaniStack):
         batch_size, length = tokens.shape[:2]
         self.check_encoder_states(encoder_hidden_states, batch_size)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
-        past_key_values, self_cache = self.prepare_cache(past_key_values, use_cache)
+        cache, self_cache = self.prepare_cache(cache, use_cache)
         past_length = self_cache.get_seq_length() if self_cache is not None else 0
         self.embed_positions.check_length(past_length + length)
         if position_ids is None:
@@ -529,7 +531,7 @@ class VaswaniDecoder(VaswaniStack):
         inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, position_ids)
 
         self_mask = create_causal_mask(
-            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, past_key_values=self_cache
+            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=self_cache
         )
         cross_mask = None
         if encoder_hidden_states is not None:
@@ -538,11 +540,11 @@ class VaswaniDecoder(VaswaniStack):
                 encoder_hidden_states=encoder_hidden_states,
             )  # fmt: skip
         hidden_states, all_hidden_states, (self_attentions, cross_attentions) = self.run_layers(
-            hidden_states, self_mask, encoder_hidden_states, cross_mask, past_key_values=past_key_values,
+            hidden_states, self_mask, encoder_hidden_states, cross_mask, cache=cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
         )  # fmt: skip
         output = BaseModelOutputWithPastAndCrossAttentions(
-            hidden_states, past_key_values if use_cache else None, all_hidden_states, self_attentions, cross_attentions
+            hidden_states, cache if use_cache else None, all_hidden_states, self_attentions, cross_attentions
         )
         return output if self.wants_dict(return_dict) else output.to_tuple()
 
@@ -588,20 +590,21 @@ class VaswaniModel(VaswaniPreTrainedModel):
             if hasattr(self, stack):
                 getattr(self, stack).embed_tokens = embeddings
 
+    @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")  # transformers 5.24 renamed it
     def forward(
         self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
-        encoder_outputs=None, past_key_values: Cache | None = None, inputs_embeds=None, decoder_inputs_embeds=None,
+        encoder_outputs=None, cache: Cache | None = None, inputs_embeds=None, decoder_inputs_embeds=None,
         decoder_position_ids=None, use_cache=None, output_attentions=None, output_hidden_states=None,
         return_dict=None, **kwargs,
     ) -> Seq2SeqModelOutput | BaseModelOutput | BaseModelOutputWithPastAndCrossAttentions | tuple:  # fmt: skip
         """Runs the stacks of this view; the encoder-decoder returns a `Seq2SeqModelOutput`.
 
-        A single-stack view reads its input from `input_ids` (and `attention_mask`, `past_key_values`, ...).
+        A single-stack view reads its input from `input_ids` (and `attention_mask`, `cache`, ...).
         """
         flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
         if not hasattr(self, "encoder"):
             return self.decoder(
-                input_ids, attention_mask, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                input_ids, attention_mask, cache=cache, inputs_embeds=inputs_embeds,
                 use_cache=use_cache, return_dict=return_dict, **flags, **kwargs,
             )  # fmt: skip
         if encoder_outputs is None:
@@ -618,12 +621,12 @@ class VaswaniModel(VaswaniPreTrainedModel):
             )
         decoder_outputs = self.decoder(
             decoder_input_ids, decoder_attention_mask, encoder_outputs.last_hidden_state, attention_mask,
-            past_key_values=past_key_values, inputs_embeds=decoder_inputs_embeds, position_ids=decoder_position_ids,
+            cache=cache, inputs_embeds=decoder_inputs_embeds, position_ids=decoder_position_ids,
             use_cache=use_cache, return_dict=True, **flags, **kwargs,
         )  # fmt: skip
         output = Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
+            cache=decoder_outputs.cache,
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
@@ -719,9 +722,10 @@ class VaswaniForConditionalGeneration(VaswaniLMHeadMixin, VaswaniPreTrainedModel
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")  # transformers 5.24 renamed it
     def forward(
         self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
-        encoder_outputs=None, past_key_values: Cache | None = None, inputs_embeds=None, decoder_inputs_embeds=None,
+        encoder_outputs=None, cache: Cache | None = None, inputs_embeds=None, decoder_inputs_embeds=None,
         decoder_position_ids=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
         return_dict=None, logits_to_keep: int | torch.Tensor = 0, num_items_in_batch=None, skip_logits=None,
         **kwargs,
@@ -736,7 +740,7 @@ class VaswaniForConditionalGeneration(VaswaniLMHeadMixin, VaswaniPreTrainedModel
             if labels.shape[0] != decoder_batch:
                 raise ValueError(f"labels has batch size {labels.shape[0]} but the decoder inputs have {decoder_batch}.")
         outputs = self.model(
-            input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs, past_key_values,
+            input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs, cache,
             inputs_embeds, decoder_inputs_embeds, decoder_position_ids, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )  # fmt: skip
@@ -777,8 +781,9 @@ class VaswaniForCausalLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationM
         self.build_lm_head()
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")  # transformers 5.24 renamed it
     def forward(
-        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values: Cache | None = None,
+        self, input_ids=None, attention_mask=None, position_ids=None, cache: Cache | None = None,
         inputs_embeds=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
         return_dict=None, logits_to_keep: int | torch.Tensor = 0, num_items_in_batch=None, skip_logits=None,
         shift_labels=None, **kwargs,
@@ -791,7 +796,7 @@ class VaswaniForCausalLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationM
         if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
             raise ValueError(f"labels have shape {tuple(labels.shape)} but input_ids {tuple(input_ids.shape)}.")
         outputs = self.model.decoder(
-            input_ids, attention_mask, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+            input_ids, attention_mask, cache=cache, inputs_embeds=inputs_embeds,
             position_ids=position_ids, use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )  # fmt: skip
@@ -842,6 +847,9 @@ def classification_loss(config: VaswaniConfig, logits: torch.Tensor, labels: tor
 
 class VaswaniForSequenceClassification(VaswaniPreTrainedModel):
     """The encoder alone with a classifier on its pooled output: fine-tuning for sentence (pair) tasks."""
+
+    # Its loss is a mean over sequences, not a token sum: Trainer must divide it by the accumulation steps itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: VaswaniConfig):
         super().__init__(view_config(config, is_encoder_decoder=False, is_decoder=False))

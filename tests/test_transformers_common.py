@@ -1,8 +1,9 @@
 """transformers' own common model tests (`ModelTesterMixin`) run against every Vaswani view.
 
 A built-in transformers model passes `tests/test_modeling_common.py`; so must ours. That suite is not part of the
-transformers wheel: fetch it with `bash tests/fetch_transformers_tests.sh DIR` (the tests/ folder of the PyPI sdist
-of the installed version) and point `TRANSFORMERS_TESTS_DIR` at DIR. Without it this module is skipped.
+transformers wheel: this module fetches it once (the tests/ folder of the PyPI sdist of the installed version,
+`tests/fetch_transformers_tests.sh`) into ~/.cache/vaswani, or reads it from `TRANSFORMERS_TESTS_DIR`, and is
+skipped when neither works (no network).
 
 The sdist leaves out two modules that `test_modeling_common.py` imports, `tests/generation/test_utils.py`
 (`GenerationTesterMixin`) and `tests/exporters/test_export.py` (`ExportTesterMixin`); when they are missing this
@@ -15,6 +16,7 @@ The testers follow `BartModelTester` (encoder-decoder), `BartStandaloneDecoderMo
 
 import importlib
 import os
+import subprocess
 import sys
 import tempfile
 import types
@@ -52,10 +54,32 @@ def stand_in_mixin(name: str, missing_file: str) -> type:
     return type(name, (), {"test_mixin_unavailable": test_mixin_unavailable})
 
 
+def fetched_transformers_tests() -> Path:
+    """transformers' test suite for the installed version, fetched from PyPI once into the user's cache.
+
+    A lock keeps pytest-xdist workers from fetching it twice at the same time.
+    """
+    import fcntl
+
+    import transformers
+
+    root = Path.home() / ".cache" / "vaswani" / f"transformers-tests-{transformers.__version__}"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / "fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "tests" / "test_modeling_common.py").is_file():
+            fetch = Path(__file__).with_name("fetch_transformers_tests.sh")
+            completed = subprocess.run(
+                ["bash", str(fetch), str(root)], capture_output=True, text=True, timeout=600,
+                env={**os.environ, "PYTHON": sys.executable},
+            )  # fmt: skip
+            if completed.returncode != 0:
+                skip_module(f"could not fetch them from PyPI ({completed.stderr.strip()[-300:]})")
+    return root
+
+
 def import_transformers_tests():
-    root = os.environ.get(TESTS_DIR_VARIABLE)
-    if not root:
-        skip_module(f"set {TESTS_DIR_VARIABLE} (see tests/fetch_transformers_tests.sh)")
+    root = os.environ.get(TESTS_DIR_VARIABLE) or fetched_transformers_tests()
     tests_dir = Path(root) / "tests"
     if not (tests_dir / "test_modeling_common.py").is_file():
         skip_module(f"{tests_dir} holds no test_modeling_common.py")
@@ -224,7 +248,7 @@ class VaswaniModelTester:
                 "encoder_attention_mask": attention_mask,
             }
         outputs = decoder(input_ids, attention_mask=attention_mask, use_cache=True, **encoder_states)
-        past_key_values = outputs.past_key_values
+        past_key_values = outputs.cache
 
         next_tokens = ids_tensor((self.batch_size, 3), config.vocab_size).clamp(5)
         next_attention_mask = ids_tensor((self.batch_size, 3), 2)
@@ -233,7 +257,7 @@ class VaswaniModelTester:
 
         without_past = decoder(next_input_ids, attention_mask=next_attention_mask, **encoder_states).last_hidden_state
         with_past = decoder(
-            next_tokens, attention_mask=next_attention_mask, past_key_values=past_key_values, **encoder_states
+            next_tokens, attention_mask=next_attention_mask, cache=past_key_values, **encoder_states
         ).last_hidden_state
         self.parent.assertEqual(with_past.shape[1], next_tokens.shape[1])
         torch.testing.assert_close(with_past, without_past[:, -3:], atol=1e-4, rtol=1e-4)
