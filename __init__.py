@@ -1,7 +1,9 @@
 """vaswani: the Transformer of "Attention Is All You Need" (Vaswani et al., 2017) as a transformers model family.
 
 Importing the package registers every class with transformers' Auto classes, so plain
-`AutoModelForSeq2SeqLM.from_pretrained(folder)` works for a Vaswani checkpoint wherever `vaswani` is installed.
+`AutoModelForSeq2SeqLM.from_pretrained(folder)` works for a Vaswani checkpoint wherever `vaswani` is installed; it
+also provides `pipeline("translation")` again (transformers 5 removed it) and declares LoRA's default target
+modules to PEFT when PEFT is installed.
 """
 
 from transformers import (
@@ -24,6 +26,10 @@ from vaswani.modeling import (
     VaswaniModel,
     VaswaniPreTrainedModel,
 )
+from vaswani.modeling.adapters import LORA_TARGET_MODULES, register_peft_target_modules
+from vaswani.modeling.attention_maps import attention_maps, plot_attention
+from vaswani.modeling.pipeline_vaswani import VaswaniTranslationPipeline, register_translation_pipeline
+from vaswani.modeling.pipelines import translate
 
 AutoConfig.register(VaswaniConfig.model_type, VaswaniConfig, exist_ok=True)
 for auto_class, model_class in (
@@ -34,6 +40,22 @@ for auto_class, model_class in (
     (AutoModelForSequenceClassification, VaswaniForSequenceClassification),
 ):
     auto_class.register(VaswaniConfig, model_class, exist_ok=True)
+register_translation_pipeline()
+register_peft_target_modules()
+
+
+def __getattr__(name: str):
+    """`vaswani.save_for_hub` and `vaswani.push_folder` load the training package (accelerate, datasets) on first use."""
+    if name == "save_for_hub":
+        from vaswani.training.export import save_for_hub
+
+        return save_for_hub
+    if name == "push_folder":
+        from vaswani.training.hub import push_folder
+
+        return push_folder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "VaswaniConfig",
@@ -45,4 +67,11 @@ __all__ = [
     "VaswaniForSequenceClassification",
     "train_tokenizer",
     "causal_lm_tokenizer",
+    "translate",
+    "VaswaniTranslationPipeline",
+    "attention_maps",
+    "plot_attention",
+    "LORA_TARGET_MODULES",
+    "save_for_hub",
+    "push_folder",
 ]

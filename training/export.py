@@ -1,7 +1,7 @@
 """A Hub-ready folder for any Vaswani model: weights, config with `auto_map`, code, tokenizer, model card.
 
 The folder loads with `AutoModel...from_pretrained(folder_or_repo, trust_remote_code=True)` where `vaswani` is not
-installed (transformers imports the two code files copied here, byte for byte the tested ones; see STYLE.md's
+installed (transformers imports the code files copied here, byte for byte the tested ones; see STYLE.md's
 import rule) and with plain `from_pretrained` where it is (the package registers its classes with the Auto
 classes, and local code wins over `auto_map`).
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from vaswani.configuration import configuration_vaswani
-from vaswani.modeling import modeling_vaswani
+from vaswani.modeling import modeling_vaswani, pipeline_vaswani
 
-CODE_FILES = (Path(configuration_vaswani.__file__), Path(modeling_vaswani.__file__))
+CODE_FILES = tuple(Path(module.__file__) for module in (configuration_vaswani, modeling_vaswani, pipeline_vaswani))
 CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")
 AUTO_MAP = {
     "AutoConfig": "configuration_vaswani.VaswaniConfig",
@@ -47,14 +47,14 @@ def save_for_hub(
     """Write `model` and `tokenizer` to `folder` as the Hub serves them, with a model card of `metrics`.
 
     `card` fills the model card: `model_name`, `repo_id`, `language` (list), `datasets` (list), `dataset_name`,
-    `eval_split`, `license`, `description`, `training` (text), `examples` (list of dicts) and `plot` (an image
+    `eval_split`, `license`, `description`, `data` (sources and licences), `training` (text), `examples` (list of dicts) and `plot` (an image
     file to copy in). Weights are safetensors, sharded above `max_shard_size`.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(folder)
-    add_auto_map(folder / "config.json")
+    add_auto_map(folder / "config.json", pipeline_vaswani.CUSTOM_PIPELINES if model.config.is_encoder_decoder else None)
     for code_file in CODE_FILES:
         shutil.copyfile(code_file, folder / code_file.name)
     metrics = metrics or {}
@@ -70,10 +70,13 @@ def save_for_hub(
     return folder
 
 
-def add_auto_map(config_path: Path) -> None:
-    """Name the code files for every Auto class (register_for_auto_class cannot: see STYLE.md)."""
+def add_auto_map(config_path: Path, custom_pipelines: dict | None = None) -> None:
+    """Name the code files for every Auto class (register_for_auto_class cannot: see STYLE.md) and, for a seq2seq
+    model, the translation pipeline's: `pipeline("translation", model=folder, trust_remote_code=True)`."""
     config = json.loads(config_path.read_text())
     config["auto_map"] = AUTO_MAP
+    if custom_pipelines:
+        config["custom_pipelines"] = custom_pipelines
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -111,6 +114,7 @@ def model_card(model, metrics: dict, card: dict) -> ModelCard:
         config=config,
         metrics={METRIC_NAMES.get(name, name): value for name, value in metrics.items()},
         description=card.get("description", ""),
+        data=card.get("data"),
         training=card.get("training", ""),
         examples=card.get("examples", []),
         plot=card.get("plot"),
