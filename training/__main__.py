@@ -1,6 +1,8 @@
 """`vaswani-train` / `python -m vaswani.training`: parse the options, run, print what was measured."""
 
+import json
 import sys
+from pathlib import Path
 
 from accelerate import PartialState
 
@@ -16,11 +18,22 @@ def report(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def comparison_report(output_dir: str) -> str:
+    """The main job's answer to "does warm-starting help?", from the summary run_main_job wrote."""
+    summary = json.loads((Path(output_dir) / "warm_start_comparison.json").read_text())
+    lines = ["Warm start, same translation steps:"]
+    for name in ("from-scratch", "warm-started"):
+        metrics = summary[name]
+        lines.append(f"  {name:13} BLEU {metrics['bleu']:5.2f}  chrF {metrics['chrf']:5.2f}  ({summary['minutes'][name]:.1f} min)")
+    return "\n".join([*lines, f"  kept: {summary['kept']}", ""])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
-    result = run_main_job(args) if args.compares_warm_start() else run(args)
+    compares = args.compares_warm_start()
+    result = run_main_job(args) if compares else run(args)
     if PartialState().is_main_process:
-        print(report(result))
+        print(("\n" + comparison_report(args.output_dir) if compares else "") + report(result))
     PartialState().destroy_process_group()
     return 0
 
