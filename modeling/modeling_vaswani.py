@@ -63,25 +63,31 @@ except ImportError:  # the installed package
 class VaswaniSinusoidalPositions(nn.Module):
     """Positional encoding, §3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...).
 
-    Computed from the positions on every call, so it extends to any length.
+    A table of the first `max_position_embeddings` positions, looked up like an embedding: computing sines and
+    cosines on every call costs a decoding step more than its attention does. The table grows when a longer
+    sequence comes (`check_length`), so the encoding still extends to any length.
     """
 
     def __init__(self, config: VaswaniConfig):
         super().__init__()
         self.d_model = config.d_model
-        self.inv_freq = nn.Buffer(self.inverse_frequencies(config.d_model), persistent=False)
+        self.table = nn.Buffer(self.sinusoids(config.max_position_embeddings, config.d_model), persistent=False)
 
     @staticmethod
-    def inverse_frequencies(d_model: int) -> torch.Tensor:
-        return torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    def sinusoids(num_positions: int, d_model: int) -> torch.Tensor:
+        inverse_frequencies = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+        angles = torch.arange(num_positions, dtype=torch.float32).unsqueeze(-1) * inverse_frequencies
+        # Interleave so that dimension 2i holds the sine and 2i + 1 the cosine of the same frequency.
+        return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (positions, d_model)
 
     def check_length(self, length: int) -> None:
-        """Every length is fine: sinusoids are defined for every position."""
+        """Every length is fine: the table is rebuilt, twice as long, when `length` positions do not fit."""
+        if length > self.table.shape[0]:
+            longer = self.sinusoids(max(length, 2 * self.table.shape[0]), self.d_model)
+            self.table = longer.to(self.table.device, self.table.dtype)
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        angles = position_ids.unsqueeze(-1).float() * self.inv_freq  # (batch, seq, d_model / 2)
-        # Interleave so that dimension 2i holds the sine and 2i + 1 the cosine of the same frequency.
-        return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (batch, seq, d_model)
+        return F.embedding(position_ids, self.table)  # (batch, seq, d_model)
 
 
 class VaswaniLearnedPositions(nn.Embedding):
@@ -377,7 +383,7 @@ class VaswaniPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, VaswaniSinusoidalPositions):
-            init.copy_(module.inv_freq, module.inverse_frequencies(module.d_model))
+            init.copy_(module.table, module.sinusoids(*module.table.shape))
 
     def check_inputs(self, input_ids, attention_mask=None, name: str | None = None) -> None:
         """Ids outside the vocabulary and masks of another batch size fail here, with names, not deep inside."""
@@ -528,6 +534,8 @@ class VaswaniDecoder(VaswaniStack):
         self.embed_positions.check_length(past_length + length)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past_length, length, tokens.device)
+        elif position_ids.numel():
+            self.embed_positions.check_length(int(position_ids.max()) + 1)
         inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, position_ids)
 
         self_mask = create_causal_mask(

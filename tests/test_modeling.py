@@ -526,6 +526,18 @@ def test_sinusoidal_positions_follow_the_paper_and_extend_beyond_max_positions()
     torch.testing.assert_close(encoding[position, dimension], torch.tensor(angle).sin())
     torch.testing.assert_close(encoding[position, dimension + 1], torch.tensor(angle).cos())
     assert model(random_ids(1, 20)).logits.shape == (1, 20, 99)
+    positions = model.model.decoder.embed_positions
+    assert positions.table.shape[0] >= 20  # the table grew for the longer input, to the same values
+    torch.testing.assert_close(positions.table[:3], encoding)
+    far = 10_000 / 10000 ** (dimension / 32)
+    model(random_ids(1, 2), position_ids=torch.tensor([[0, 10_000]]))  # explicit positions beyond the table
+    torch.testing.assert_close(positions(torch.tensor([10_000]))[0, dimension], torch.tensor(far).sin(), atol=1e-4, rtol=0)
+
+
+def test_explicit_positions_beyond_learned_positions_are_refused():
+    model = eval_model(VaswaniForCausalLM, position_embedding_type="learned", max_position_embeddings=8)
+    with pytest.raises(ValueError, match="9 positions is longer than max_position_embeddings \\(8\\)"):
+        model(random_ids(1, 2), position_ids=torch.tensor([[0, 8]]))
 
 
 @pytest.mark.parametrize("activation", ["gelu", "silu"])
