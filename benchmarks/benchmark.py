@@ -93,16 +93,18 @@ DIFFERENCES = {  # what cannot be set equal; `detected_notes` adds what is read 
     "seq2seq": "The same layers (post-LN, sinusoids, scaled shared embeddings). Marian adds a (frozen, zero) "
     "`final_logits_bias` to every logit, which costs one extra logits-sized tensor per step; it projects "
     "queries, keys and values with separate matrices where ours fuses them (same FLOPs, fewer and larger "
-    "matmuls); its sinusoids are a frozen 1024-row table (sin and cos halves, not interleaved) where "
-    "ours are computed from the positions, and it counts positions 0..T-1 where ours count real tokens "
-    "from the attention mask.",
-    "mlm": "BERT adds token-type embeddings, an embedding LayerNorm, an MLM transform head (dense d x d + act + "
-    "LayerNorm) and a vocabulary bias, with learned positions and unscaled embeddings, and projects "
+    "matmuls); both look sinusoids up in a table (Marian's has sin and cos halves, ours interleaves them "
+    "as the paper writes), and it counts positions 0..T-1 where ours count real tokens from the attention "
+    "mask. Ours skips the feed-forward work on padding (and, in training, on the decoder positions after "
+    "the last label); Marian computes every position.",
+    "mlm": "Ours skips the feed-forward work on padding; BERT computes every position. BERT adds token-type "
+    "embeddings, an embedding LayerNorm, an MLM transform head (dense d x d + act + LayerNorm) and a vocabulary bias, with learned positions and unscaled embeddings, and projects "
     "queries, keys and values with separate matrices. BertForMaskedLM builds no pooler. Its FLOPs per "
     "token are higher by the transform head.",
     "clm": "GPT-2 is pre-LN (plus a final LayerNorm) with learned positions and unscaled embeddings, and uses "
     "Conv1D (addmm) projections, fused for queries, keys and values as ours are; ours is post-LN with "
-    "sinusoids. The layers' matmul work per token is the same.",
+    "sinusoids. The layers' matmul work per token is the same, but ours skips the feed-forward work on "
+    "padding.",
 }
 
 

@@ -136,6 +136,23 @@ def positions_from_mask(attention_mask: torch.Tensor | None, past_length: int, l
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]  # (batch, seq)
 
 
+def real_token_rows(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """Flat indices (batch * seq) of the real tokens among the last `length` positions, or None without padding."""
+    if attention_mask is None or attention_mask.dim() != 2 or is_torchdynamo_compiling():
+        return None  # (compiled graphs keep static shapes: no data-dependent row count)
+    new_tokens = attention_mask[:, -length:].bool()
+    return None if new_tokens.all() else new_tokens.flatten().nonzero().squeeze(-1)
+
+
+def trailing_label_padding(labels: torch.Tensor) -> torch.Tensor:
+    """1 up to each row's last labelled position, 0 after it: the decoder's outputs there feed neither the loss nor,
+    through the causal mask, any earlier position. Position 0 is always kept, so that every query has a key."""
+    labelled = labels != -100
+    keep = labelled.flip(-1).cummax(-1).values.flip(-1)
+    keep[:, 0] = True
+    return keep.long()
+
+
 # ----------------------------------------------------------------------------------------------- attention
 
 
@@ -282,7 +299,17 @@ class VaswaniResidualLayer(GradientCheckpointingLayer):
         hidden_states = residual + F.dropout(sublayer_output, p=self.dropout, training=self.training)
         return hidden_states if self.pre_norm else norm(hidden_states)
 
-    def feed_forward_block(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def feed_forward_block(self, hidden_states: torch.Tensor, token_rows: torch.Tensor | None) -> torch.Tensor:
+        """The feed-forward sublayer with its residual; with `token_rows` (flat indices of the real tokens of a
+        padded batch), on those rows only. The network is position-wise and padding is never attended to, so the
+        work on padding, often half of a batch of sentences, can be skipped; padded positions keep their input."""
+        if token_rows is None:
+            return self.feed_forward_residual(hidden_states)
+        flat = hidden_states.flatten(0, 1)
+        tokens = self.feed_forward_residual(flat.index_select(0, token_rows))
+        return flat.index_copy(0, token_rows, tokens).view_as(hidden_states)
+
+    def feed_forward_residual(self, hidden_states: torch.Tensor) -> torch.Tensor:
         transformed = self.feed_forward(self.sublayer_input(self.feed_forward_layer_norm, hidden_states))
         return self.add_residual(self.feed_forward_layer_norm, hidden_states, transformed)
 
@@ -297,12 +324,12 @@ class VaswaniEncoderLayer(VaswaniResidualLayer):
         self.feed_forward = VaswaniFeedForward(config, is_decoder=False)
         self.feed_forward_layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, token_rows=None, **kwargs):
         """Returns the new hidden states and the self-attention weights (None unless asked for)."""
         normed = self.sublayer_input(self.self_attn_layer_norm, hidden_states)
         attended, self_attention = self.self_attn(normed, attention_mask, **kwargs)
         hidden_states = self.add_residual(self.self_attn_layer_norm, hidden_states, attended)
-        return self.feed_forward_block(hidden_states), self_attention
+        return self.feed_forward_block(hidden_states, token_rows), self_attention
 
 
 class VaswaniDecoderLayer(VaswaniResidualLayer):
@@ -328,6 +355,7 @@ class VaswaniDecoderLayer(VaswaniResidualLayer):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
+        token_rows: torch.Tensor | None = None,
         **kwargs,
     ):
         """Returns the new hidden states and the self- and cross-attention weights (None unless asked for)."""
@@ -344,7 +372,7 @@ class VaswaniDecoderLayer(VaswaniResidualLayer):
                 normed, encoder_attention_mask, encoder_hidden_states, cache=cache, **kwargs
             )
             hidden_states = self.add_residual(self.cross_attn_layer_norm, hidden_states, attended)
-        return self.feed_forward_block(hidden_states), self_attention, cross_attention
+        return self.feed_forward_block(hidden_states, token_rows), self_attention, cross_attention
 
 
 # ----------------------------------------------------------------------------------------------- base class
@@ -482,8 +510,9 @@ class VaswaniEncoder(VaswaniStack):
         inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, positions)
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
         hidden_states, all_hidden_states, (attentions,) = self.run_layers(
-            hidden_states, mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs
-        )
+            hidden_states, mask, token_rows=real_token_rows(attention_mask, tokens.shape[1]),
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
+        )  # fmt: skip
         output = BaseModelOutput(hidden_states, all_hidden_states, attentions)
         return output if self.wants_dict(return_dict) else output.to_tuple()
 
@@ -549,6 +578,7 @@ class VaswaniDecoder(VaswaniStack):
             )  # fmt: skip
         hidden_states, all_hidden_states, (self_attentions, cross_attentions) = self.run_layers(
             hidden_states, self_mask, encoder_hidden_states, cross_mask, cache=cache,
+            token_rows=real_token_rows(attention_mask, length),
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
         )  # fmt: skip
         output = BaseModelOutputWithPastAndCrossAttentions(
@@ -744,9 +774,13 @@ class VaswaniForConditionalGeneration(VaswaniLMHeadMixin, VaswaniPreTrainedModel
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
-            decoder_batch = (decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds).shape[0]
+            decoder_batch, decoder_length = (
+                decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
+            ).shape[:2]
             if labels.shape[0] != decoder_batch:
                 raise ValueError(f"labels has batch size {labels.shape[0]} but the decoder inputs have {decoder_batch}.")
+            if self.training and decoder_attention_mask is None and labels.shape[1] == decoder_length:
+                decoder_attention_mask = trailing_label_padding(labels)  # the decoder then skips that padding
         outputs = self.model(
             input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs, cache,
             inputs_embeds, decoder_inputs_embeds, decoder_position_ids, use_cache=use_cache,

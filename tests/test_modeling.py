@@ -655,3 +655,66 @@ def test_a_tiny_model_learns_to_copy_to_exact_match():
     generated = model.generate(test_source, max_new_tokens=7, do_sample=False)
     assert torch.equal(generated[:, 1:7], test_source)
     assert (generated[:, 7] == config.eos_token_id).all()
+
+
+# ----------------------------------------------------------------------------------------------- padding skipped
+
+
+def per_example_sums(model, examples: list[dict]) -> torch.Tensor:
+    """The summed token loss of each example alone (no padding), in one total."""
+    return sum(model(**example, num_items_in_batch=1).loss for example in examples)
+
+
+@pytest.mark.parametrize("model_class", [VaswaniForConditionalGeneration, VaswaniForMaskedLM, VaswaniForCausalLM])
+def test_training_on_a_padded_batch_equals_training_on_each_example(model_class):
+    """The feed-forward sublayers skip padding (and the seq2seq decoder the positions after the last label): the
+    loss and the gradients of a padded batch are those of its examples computed one by one."""
+    torch.manual_seed(0)
+    model = model_class(tiny_config(dropout=0.0, label_smoothing=0.1)).train()
+    long, short = random_ids(1, 7)[0], random_ids(1, 4)[0]
+    target_long, target_short = random_ids(1, 6)[0], random_ids(1, 3)[0]
+    if model_class is VaswaniForConditionalGeneration:
+        examples = [
+            {"input_ids": long[None], "labels": target_long[None]},
+            {"input_ids": short[None], "labels": target_short[None]},
+        ]
+        batch = {
+            "input_ids": torch.stack([long, torch.cat([short, torch.zeros(3, dtype=torch.long)])]),
+            "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3]),
+            "labels": torch.stack([target_long, torch.cat([target_short, torch.full((3,), -100)])]),
+        }
+    else:
+        examples = [{"input_ids": ids[None], "labels": ids[None]} for ids in (long, short)]
+        # Right padding for both: with left padding a causal LM's first real token is predicted from padding.
+        padded, mask = torch.cat([short, torch.zeros(3, dtype=torch.long)]), [1] * 4 + [0] * 3
+        labels = torch.where(torch.tensor(mask).bool(), padded, -100)
+        batch = {
+            "input_ids": torch.stack([long, padded]),
+            "attention_mask": torch.tensor([[1] * 7, mask]),
+            "labels": torch.stack([long, labels]),
+        }
+    rows_seen = []
+    for stack in (getattr(model.model, "encoder", None), getattr(model.model, "decoder", None)):
+        if stack is not None:
+            fc1 = stack.layers[0].feed_forward.fc1
+            fc1.register_forward_hook(lambda module, inputs, output: rows_seen.append(inputs[0].shape[:-1].numel()))
+    batch_loss = model(**batch, num_items_in_batch=1).loss
+    real_rows = {VaswaniForConditionalGeneration: [7 + 4, 6 + 3]}.get(model_class, [7 + 4])
+    assert rows_seen == real_rows  # the feed-forward networks saw the real tokens only
+    batch_gradients = torch.autograd.grad(batch_loss, list(model.parameters()), allow_unused=True)
+    alone_loss = per_example_sums(model, examples)
+    alone_gradients = torch.autograd.grad(alone_loss, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(batch_loss, alone_loss, atol=1e-4, rtol=1e-5)
+    for batch_gradient, alone_gradient in zip(batch_gradients, alone_gradients):
+        if batch_gradient is not None:
+            torch.testing.assert_close(batch_gradient, alone_gradient, atol=1e-5, rtol=1e-4)
+
+
+def test_padded_rows_are_found_only_where_there_is_padding():
+    from vaswani.modeling.modeling_vaswani import real_token_rows, trailing_label_padding
+
+    assert real_token_rows(None, 3) is None and real_token_rows(torch.ones(2, 3), 3) is None
+    assert real_token_rows(torch.tensor([[1, 1, 0], [0, 1, 1]]), 3).tolist() == [0, 1, 4, 5]
+    assert real_token_rows(torch.tensor([[0, 1, 1], [1, 1, 1]]), 1) is None  # the newest position of each row
+    labels = torch.tensor([[5, -100, 6, -100, -100], [-100, -100, -100, -100, -100]])
+    assert trailing_label_padding(labels).tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]]
