@@ -75,8 +75,8 @@ class VaswaniSinusoidalPositions(nn.Module):
 
     @staticmethod
     def sinusoids(num_positions: int, d_model: int) -> torch.Tensor:
-        inverse_frequencies = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
-        angles = torch.arange(num_positions, dtype=torch.float32).unsqueeze(-1) * inverse_frequencies
+        frequencies = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+        angles = torch.arange(num_positions, dtype=torch.float32).unsqueeze(-1) * frequencies
         # Interleave so that dimension 2i holds the sine and 2i + 1 the cosine of the same frequency.
         return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (positions, d_model)
 
@@ -324,7 +324,7 @@ class VaswaniEncoderLayer(VaswaniResidualLayer):
         self.feed_forward = VaswaniFeedForward(config, is_decoder=False)
         self.feed_forward_layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, token_rows=None, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, token_rows=None, **kwargs):
         """Returns the new hidden states and the self-attention weights (None unless asked for)."""
         normed = self.sublayer_input(self.self_attn_layer_norm, hidden_states)
         attended, self_attention = self.self_attn(normed, attention_mask, **kwargs)

@@ -12,9 +12,11 @@ from vaswani.training.run import RunResult, run, run_main_job
 
 def report(result: RunResult) -> str:
     lines = [f"Finished in {result.seconds / 60:.1f} min. Model: {result.model_dir}"]
-    lines += [f"  {name}: {value:.2f}" if isinstance(value, float) else f"  {name}: {value}" for name, value in result.metrics.items()]
+    for name, value in result.metrics.items():
+        lines.append(f"  {name}: {value:.2f}" if isinstance(value, float) else f"  {name}: {value}")
     for example in result.examples:
-        lines += ["", f"  source:      {example['source']}", f"  reference:   {example['reference']}", f"  translation: {example['translation']}"]
+        lines += ["", f"  source:      {example['source']}", f"  reference:   {example['reference']}"]
+        lines.append(f"  translation: {example['translation']}")
     return "\n".join(lines)
 
 
@@ -24,7 +26,8 @@ def comparison_report(output_dir: str) -> str:
     lines = ["Warm start, same translation steps:"]
     for name in ("from-scratch", "warm-started"):
         metrics = summary[name]
-        lines.append(f"  {name:13} BLEU {metrics['bleu']:5.2f}  chrF {metrics['chrf']:5.2f}  ({summary['minutes'][name]:.1f} min)")
+        minutes = summary["minutes"][name]
+        lines.append(f"  {name:13} BLEU {metrics['bleu']:5.2f}  chrF {metrics['chrf']:5.2f}  ({minutes:.1f} min)")
     return "\n".join([*lines, f"  kept: {summary['kept']}", ""])
 
 

@@ -17,7 +17,9 @@ class TrainArguments:
     """The options of one training run (`--help` prints these descriptions)."""
 
     # What to train and on what
-    objective: str = field(default="seq2seq", metadata={"help": "seq2seq (translation), mlm or clm.", "choices": OBJECTIVES})
+    objective: str = field(
+        default="seq2seq", metadata={"help": "seq2seq (translation), mlm or clm.", "choices": OBJECTIVES}
+    )
     dataset: str | None = field(
         default=None,
         metadata={
@@ -85,7 +87,10 @@ class TrainArguments:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
     mixed_precision: str = field(
         default="auto",
-        metadata={"help": "no, fp16, bf16, or auto: bf16 where the GPU supports it, else no.", "choices": ("auto", "no", "fp16", "bf16")},
+        metadata={
+            "help": "no, fp16, bf16, or auto: bf16 where the GPU supports it, else no.",
+            "choices": ("auto", "no", "fp16", "bf16"),
+        },
     )
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, shuffling and dropout."})
 
