@@ -357,6 +357,15 @@ def test_config_check_names_a_mismatched_special_id_and_a_too_small_vocabulary(t
         VaswaniConfig(vocab_size=999).check_tokenizer(tokenizer)
 
 
+def test_config_check_names_a_tokenizer_longer_than_the_learned_positions(tokenizer):
+    learned = {"position_embedding_type": "learned", "max_position_embeddings": tokenizer.model_max_length // 2}
+    with pytest.raises(ValueError, match=f"keeps {tokenizer.model_max_length} tokens but there are only"):
+        VaswaniConfig.from_tokenizer(tokenizer, **learned).check_tokenizer(tokenizer)
+    # Sinusoids extend to any length, and enough learned positions are fine.
+    VaswaniConfig.from_tokenizer(tokenizer, max_position_embeddings=8).check_tokenizer(tokenizer)
+    VaswaniConfig.from_tokenizer(tokenizer, position_embedding_type="learned").check_tokenizer(tokenizer)
+
+
 # Inputs and errors of train_tokenizer
 
 
