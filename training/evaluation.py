@@ -11,12 +11,20 @@ from vaswani.training.loop import evaluate_loss
 EXAMPLES_SHOWN = 5
 
 
-def translation_metrics(model, tokenizer, dataset, args: TrainArguments, accelerator) -> tuple[dict, list[dict]]:
-    """Corpus BLEU and chrF (sacrebleu's defaults) of the model's translations of `dataset`, and a few examples.
+def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF with sacrebleu's defaults, one reference per hypothesis.
 
     sacrebleu is called directly: `evaluate.load("sacrebleu")` fetches its script from the Hub, which an offline
     machine cannot reach.
     """
+    return {
+        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+    }
+
+
+def translation_metrics(model, tokenizer, dataset, args: TrainArguments, accelerator) -> tuple[dict, list[dict]]:
+    """`corpus_scores` of the model's beam-search translations of `dataset`, and a few examples."""
     count = len(dataset) if args.max_eval_examples is None else min(len(dataset), args.max_eval_examples)
     sources, references = dataset[args.source_column][:count], dataset[args.target_column][:count]
     model = accelerator.unwrap_model(model).eval()
@@ -26,11 +34,7 @@ def translation_metrics(model, tokenizer, dataset, args: TrainArguments, acceler
             num_beams=args.num_beams, length_penalty=args.length_penalty, max_new_tokens=args.max_length + 50,
         )  # fmt: skip
     hypotheses = gather_object(hypotheses)
-    metrics = {
-        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
-        "translated_examples": count,
-    }
+    metrics = {**corpus_scores(hypotheses, references), "translated_examples": count}
     examples = [
         {"source": source, "reference": reference, "translation": hypothesis}
         for source, reference, hypothesis in list(zip(sources, references, hypotheses))[:EXAMPLES_SHOWN]

@@ -47,8 +47,8 @@ def save_for_hub(
     """Write `model` and `tokenizer` to `folder` as the Hub serves them, with a model card of `metrics`.
 
     `card` fills the model card: `model_name`, `repo_id`, `language` (list), `datasets` (list), `dataset_name`,
-    `eval_split`, `license`, `description`, `data` (sources and licences), `training` (text), `examples` (list of dicts) and `plot` (an image
-    file to copy in). Weights are safetensors, sharded above `max_shard_size`.
+    `eval_split`, `license`, `description`, `data` (sources and licences), `training` (text), `examples` (list of
+    dicts) and `plot` (an image file to copy in). Weights are safetensors, sharded above `max_shard_size`.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import sacrebleu
 from datasets import DatasetDict
 from transformers import (
     AutoModelForSeq2SeqLM,
@@ -39,6 +38,8 @@ from vaswani.configuration import VaswaniConfig
 from vaswani.modeling import VaswaniForConditionalGeneration
 from vaswani.tokenization import train_tokenizer
 from vaswani.training.corpus import load_parallel_corpus
+from vaswani.training.data import tokenize_pairs
+from vaswani.training.evaluation import corpus_scores
 from vaswani.training.export import save_for_hub
 
 
@@ -74,23 +75,8 @@ def new_model_and_tokenizer(corpus: DatasetDict, options: TranslationOptions):
     return VaswaniForConditionalGeneration(config), tokenizer
 
 
-def tokenize_pairs(corpus: DatasetDict, tokenizer, options: TranslationOptions) -> DatasetDict:
-    """Source ids as `input_ids`, target ids as `labels` (`A </s>`); the raw texts are dropped."""
-
-    def encode(batch):
-        return tokenizer(
-            batch[options.source], text_target=batch[options.target], max_length=options.max_length, truncation=True
-        )
-
-    return corpus.map(encode, batched=True, remove_columns=corpus["train"].column_names, desc="Tokenizing pairs")
-
-
 def bleu_metrics(tokenizer):
-    """Trainer's `compute_metrics`: corpus BLEU and chrF of the generated translations against the references.
-
-    sacrebleu is called directly: `evaluate.load("sacrebleu")` fetches its script from the Hub, which an offline
-    machine cannot reach.
-    """
+    """Trainer's `compute_metrics`: corpus BLEU and chrF (`corpus_scores`) of the generated translations."""
 
     def compute_metrics(evaluation: EvalPrediction) -> dict[str, float]:
         predictions = evaluation.predictions[0] if isinstance(evaluation.predictions, tuple) else evaluation.predictions
@@ -99,10 +85,7 @@ def bleu_metrics(tokenizer):
         labels = np.where(evaluation.label_ids == -100, tokenizer.pad_token_id, evaluation.label_ids)
         hypotheses = tokenizer.batch_decode(predictions, skip_special_tokens=True)
         references = tokenizer.batch_decode(labels, skip_special_tokens=True)
-        return {
-            "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-            "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
-        }
+        return corpus_scores(hypotheses, references)
 
     return compute_metrics
 
@@ -129,7 +112,7 @@ def finetune(options: TranslationOptions) -> dict[str, float]:
         tokenizer = AutoTokenizer.from_pretrained(options.model)
     else:
         model, tokenizer = new_model_and_tokenizer(corpus, options)
-    data = tokenize_pairs(corpus, tokenizer, options)
+    data = tokenize_pairs(corpus, tokenizer, options.source, options.target, options.max_length)
     validation = data["validation"].select(range(min(options.max_eval_examples, len(data["validation"]))))
     trainer = Seq2SeqTrainer(
         model=model, args=training_arguments(options), train_dataset=data["train"], eval_dataset=validation,
