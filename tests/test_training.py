@@ -18,7 +18,8 @@ from vaswani.training.build import build_model, warm_start
 from vaswani.training.corpus import load_parallel_corpus
 from vaswani.training.data import build_collator, load_raw_dataset, tokenize_blocks, tokenize_pairs
 from vaswani.training.loop import LATEST, build_optimizer_and_scheduler, resolve_resume, save_checkpoint
-from vaswani.training.run import run
+from vaswani.training.export import save_for_hub
+from vaswani.training.run import data_description, run
 
 REPOSITORY = Path(__file__).parents[1]
 TINY_MODEL = "--d-model 32 --layers 1 --heads 2 --ffn-dim 64 --vocab-size 300 --max-length 48".split()
@@ -71,11 +72,32 @@ def test_defaults_are_the_main_job_with_the_papers_optimiser():
         (["--max-steps", "0"], "--max-steps must be positive"),
         (["--objective", "mlm", "--init-encoder", "x"], "--init-encoder and --init-decoder warm-start a seq2seq"),
         (["--pretrain-steps", "-1"], "--pretrain-steps must be 0 or more"),
+        (["--learning-rate", "-0.001"], "--learning-rate must be positive \\(or 0 for the paper's\\)"),
     ],
 )
 def test_bad_arguments_are_named(argv, message):
     with pytest.raises(ValueError, match=message):
         parse_arguments(argv)
+
+
+def test_learning_rate_is_the_given_peak_or_the_papers_for_zero():
+    assert TrainArguments().peak_learning_rate() == 1e-3
+    assert TrainArguments(d_model=512, warmup_steps=4000, learning_rate=0).peak_learning_rate() == pytest.approx(
+        512**-0.5 * 4000**-0.5
+    )
+
+
+def test_model_card_names_the_embedded_corpus_and_its_licences(tmp_path, tokenizer):
+    """The embedded corpus gets a "Data and licence" section; other data gets none (its card cannot know)."""
+    args = TrainArguments(d_model=32, layers=1, heads=2, ffn_dim=64)
+    assert "public domain" in data_description(args) and "Reina-Valera 1909" in data_description(args)
+    assert data_description(replace(args, dataset="my_pairs.jsonl")) is None
+    model = build_model(args, tokenizer)
+    save_for_hub(model, tokenizer, tmp_path, card={"data": data_description(args)})
+    card = (tmp_path / "README.md").read_text()
+    assert "## Data and licence" in card and "World English Bible" in card
+    save_for_hub(model, tokenizer, tmp_path / "other", card={})
+    assert "## Data and licence" not in (tmp_path / "other" / "README.md").read_text()
 
 
 def test_unknown_objective_is_rejected_by_the_parser(capsys):
