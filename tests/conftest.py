@@ -5,22 +5,24 @@ import torch
 
 from vaswani import VaswaniConfig
 
-TINY = dict(
-    vocab_size=99,
-    d_model=32,
-    encoder_layers=2,
-    decoder_layers=2,
-    encoder_attention_heads=4,
-    decoder_attention_heads=4,
-    encoder_ffn_dim=64,
-    decoder_ffn_dim=64,
-    max_position_embeddings=64,
-)
+TINY = dict(vocab_size=99, d_model=32, layers=2, heads=4, ffn_dim=64, max_position_embeddings=64)
+BOTH_STACKS = {"layers": "{}_layers", "heads": "{}_attention_heads", "ffn_dim": "{}_ffn_dim"}
+
+
+def tiny_kwargs(**overrides) -> dict:
+    """VaswaniConfig keyword arguments of a tiny model; `layers`, `heads` and `ffn_dim` set both stacks at once
+    (`encoder_*`/`decoder_*` still override one stack). Dropout is off unless asked, so outputs are deterministic."""
+    merged = {**TINY, "dropout": 0.0, **overrides}
+    kwargs = {name: value for name, value in merged.items() if name not in BOTH_STACKS}
+    for short, pattern in BOTH_STACKS.items():
+        for stack in ("encoder", "decoder"):
+            kwargs.setdefault(pattern.format(stack), merged[short])
+    return kwargs
 
 
 def tiny_config(**overrides) -> VaswaniConfig:
-    """A two-layer model with the paper's architecture; dropout off unless asked, so outputs are deterministic."""
-    return VaswaniConfig(**{**TINY, "dropout": 0.0, **overrides})
+    """A two-layer model with the paper's architecture (see `tiny_kwargs`)."""
+    return VaswaniConfig(**tiny_kwargs(**overrides))
 
 
 def random_ids(batch: int, length: int, generator_seed: int = 0, low: int = 5, high: int = TINY["vocab_size"]):
