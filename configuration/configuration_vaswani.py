@@ -1,6 +1,7 @@
 """Configuration of the Transformer of "Attention Is All You Need" (Vaswani et al., 2017).
 
 The defaults are the paper's base model (§3, §5.4, Table 3); `VaswaniConfig.big()` is the big model.
+`VaswaniConfig.base()` is the default config plus the paper's training recipe, label smoothing 0.1.
 Field names follow BART so that transformers users find what they expect; `hidden_size`,
 `num_attention_heads` and `num_hidden_layers` are aliases (`attribute_map`).
 
@@ -12,7 +13,7 @@ Field names follow BART so that transformers users find what they expect; `hidde
 | h                        | `encoder_attention_heads`, `decoder_attention_heads` | 8   | 16    |
 | d_k = d_v = d_model / h  | derived                                            | 64    | 64    |
 | P_drop (§5.4)            | `dropout`                                          | 0.1   | 0.3   |
-| eps_ls (§5.4)            | `label_smoothing`                                  | 0.1   | 0.1   |
+| eps_ls (§5.4)            | `label_smoothing` (class default 0.0, see below)   | 0.1   | 0.1   |
 | shared BPE vocabulary (§5.1) | `vocab_size`                                   | 37000 | 37000 |
 
 The paper's other choices are defaults too: post-LN residual blocks (§3.1), sinusoidal positions (§3.5),
@@ -21,6 +22,11 @@ and the pre-softmax projection (§3.4), ReLU feed-forward (§3.3). The options u
 are `layer_norm_position="pre"` (deep stacks), `position_embedding_type="learned"`,
 `activation_function="gelu"`/`"silu"` and `tie_word_embeddings=False` (an output projection of its own;
 source and target always share the embedding, as they share one vocabulary).
+
+Label smoothing is a training choice, not part of the model: like every transformers model, `loss` is plain
+cross-entropy unless asked otherwise, so `label_smoothing` defaults to 0.0 and users can compare losses across
+models. The paper's 0.1 comes with the recipe: the presets `base()` and `big()`, `vaswani-train --objective
+seq2seq`, or `Trainer`'s `label_smoothing_factor=0.1`. When set, the model smooths in training mode only.
 
 The same config serves every view of the model; two flags say which stacks a view builds:
 `is_encoder_decoder=True` (both, the default), `is_decoder=True` (decoder only, causal LM), neither
@@ -40,6 +46,8 @@ LAYER_NORM_POSITIONS = ("post", "pre")
 # out of the vocabulary it gets a warning, so that a vocabulary resized below it can still be saved.
 MODEL_TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
 
+# §5.4: the training recipe of both presets; the class default is plain cross-entropy.
+PAPER_LABEL_SMOOTHING = 0.1
 # Table 3, "big": everything else as in the base model.
 BIG_MODEL = {
     "d_model": 1024,
@@ -62,6 +70,32 @@ class VaswaniConfig(PreTrainedConfig):
         "num_attention_heads": "encoder_attention_heads",
         "num_hidden_layers": "encoder_layers",
     }
+    # Parallel plans (`DistributedConfig(tp_size=..., fsdp_size=...)`). Each stack is a model of its own on this one
+    # config, so a `base_model_tp_plan` would be applied to both stacks and to VaswaniModel alike, naming modules that
+    # two of the three lack (transformers warns at every load). The plans are therefore class attributes, kept here:
+    # `stack_tp_plan` is each stack's `_tp_plan`, `cross_attention_tp_plan` part of the translation model's (only it
+    # has cross-attention); `model.shared` and `lm_head` (vocabulary-parallel, the logits gathered) are in the model
+    # classes' plans, and transformers adds each stack's `embed_tokens`, tied to `model.shared`.
+    # Feed-forward: column-, then row-parallel (Megatron). Cross-attention is head-parallel: `q_proj` column-wise and
+    # `kv_proj`, [k; v] stacked on its output, `packed_colwise`, which gives each process the same heads of k and of v
+    # (a plain column split would give the first process all of k and none of v). The fused self-attention
+    # `qkv_proj`, [q; k; v], has no three-way packed style in transformers: it is gathered, and `out_proj` splits its
+    # replicated input, as transformers does for Phi-3's fused qkv_proj.
+    stack_tp_plan = {
+        "layers.*.self_attn.qkv_proj": "colwise_gather_output",
+        "layers.*.self_attn.out_proj": "rowwise_split_input",
+        "layers.*.feed_forward.fc1": "colwise",
+        "layers.*.feed_forward.fc2": "rowwise",
+    }
+    cross_attention_tp_plan = {
+        "model.decoder.layers.*.cross_attn.q_proj": "colwise",
+        "model.decoder.layers.*.cross_attn.kv_proj": "packed_colwise",
+        "model.decoder.layers.*.cross_attn.out_proj": "rowwise",
+    }
+    base_model_tp_plan = {}  # empty, not None: the model has plans (transformers' common tests then check them)
+    # FSDP2: one unit per layer (each stack's `_fsdp_plan`). Not transformers' default, which names modules this model
+    # lacks and wraps each stack's `embed_tokens`, putting the one shared matrix into two units.
+    base_model_fsdp_plan = {}
 
     vocab_size: int = 37000
     d_model: int = 512
@@ -75,7 +109,7 @@ class VaswaniConfig(PreTrainedConfig):
     dropout: float = 0.1
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.0
     max_position_embeddings: int = 1024
     position_embedding_type: str = "sinusoidal"
     layer_norm_position: str = "post"
@@ -92,13 +126,13 @@ class VaswaniConfig(PreTrainedConfig):
 
     @classmethod
     def base(cls, **overrides) -> "VaswaniConfig":
-        """The paper's base model (Table 3: 65M parameters with a 37000-token vocabulary)."""
-        return cls(**overrides)
+        """The paper's base model and its label smoothing (Table 3: 65M parameters with a 37000-token vocabulary)."""
+        return cls(**{"label_smoothing": PAPER_LABEL_SMOOTHING, **overrides})
 
     @classmethod
     def big(cls, **overrides) -> "VaswaniConfig":
-        """The paper's big model (Table 3: 213M parameters with a 37000-token vocabulary)."""
-        return cls(**{**BIG_MODEL, **overrides})
+        """The paper's big model and its label smoothing (Table 3: 213M parameters with a 37000-token vocabulary)."""
+        return cls(**{"label_smoothing": PAPER_LABEL_SMOOTHING, **BIG_MODEL, **overrides})
 
     @classmethod
     def from_tokenizer(cls, tokenizer, **overrides) -> "VaswaniConfig":

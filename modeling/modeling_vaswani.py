@@ -9,11 +9,14 @@ Read top-down in the order of the paper's Figure 1:
 | §3.2.1 scaled dot-product attention            | `eager_attention_forward`; sdpa/flex via transformers   |
 | §3.2.2-3 multi-head attention in three roles   | `VaswaniAttention`                                      |
 | §3.3 position-wise feed-forward network        | `VaswaniFeedForward`                                    |
-| §3.1 residual + layer norm, §5.4 dropout       | `VaswaniResidualLayer`                                  |
+| §3.1 residual + layer norm, §5.4 dropout       | `VaswaniResidualLayer.residual`, `on_real_tokens`       |
 | §3.1 encoder and decoder layers                | `VaswaniEncoderLayer`, `VaswaniDecoderLayer`            |
 | §3.1 encoder and decoder stacks                | `VaswaniEncoder`, `VaswaniDecoder`                      |
 | Figure 1                                       | `VaswaniModel`                                          |
 | §3.4 pre-softmax projection, §5.4 label smoothing | `lm_head` of the LM views, `token_cross_entropy`     |
+
+Outputs follow transformers 5.x: layers return one tensor, and `hidden_states` / `attentions` /
+`cross_attentions` are recorded by `capture_outputs` from the classes each stack lists in `_can_record_outputs`.
 
 One encoder and one decoder serve four views with the same parameter names (`model.shared`,
 `model.encoder.*`, `model.decoder.*`, `lm_head`), so a checkpoint of one view loads into another:
@@ -26,6 +29,8 @@ One encoder and one decoder serve four views with the same parameter names (`mod
 import copy
 import math
 from collections.abc import Callable
+from functools import partial
+from typing import Unpack
 
 import torch
 import torch.nn.functional as F
@@ -41,14 +46,14 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
     MaskedLMOutput,
-    ModelOutput,
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
     SequenceClassifierOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import is_torchdynamo_compiling
+from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling
 from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 
 try:  # a Hub checkpoint carries this file next to configuration_vaswani.py
@@ -129,18 +134,53 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str) -> None
         )
 
 
+def check_inputs(input_ids, inputs_embeds, attention_mask, vocab_size: int, name: str, past_length=0) -> None:
+    """Empty inputs, masks of another shape and ids outside the vocabulary fail here, named, not deep inside.
+
+    The vocabulary check reads the ids back to the host, so it runs where inputs enter, not on decoding steps
+    (`past_length` above 0, or a static cache's device tensor), whose ids the model generated itself: a
+    device-to-host copy per generated token would stall a GPU's queue.
+    """
+    tokens = input_ids if input_ids is not None else inputs_embeds
+    batch_size, length = tokens.shape[:2]
+    if length == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(tokens.shape)}): pass at least one token per row.")
+    if attention_mask is not None and not fits_inputs(attention_mask, batch_size, past_length, length):
+        cached = f" ({past_length} cached + {length} new)" if past_length else ""
+        raise ValueError(
+            f"The attention mask of {name} has shape {tuple(attention_mask.shape)} but must be 2-D "
+            f"(batch, positions) = {(batch_size, past_length + length)}{cached}, 1 for tokens and 0 for "
+            "padding (or a 4-D mask made by transformers' mask helpers, as generate() makes for static caches)."
+        )
+    if input_ids is not None and not torch.is_tensor(past_length) and past_length == 0:
+        check_token_ids(input_ids, vocab_size, name)
+
+
+def fits_inputs(attention_mask: torch.Tensor, batch_size: int, past_length: int, length: int) -> bool:
+    """A 2-D mask covers the cached and the new positions; a prepared 4-D one is (batch, 1 or heads, new, keys)."""
+    if attention_mask.dim() == 2 and torch.is_tensor(past_length):  # a static cache's count: no host read
+        return attention_mask.shape[0] == batch_size
+    if attention_mask.dim() == 2:
+        return tuple(attention_mask.shape) == (batch_size, past_length + length)
+    return attention_mask.dim() == 4 and attention_mask.shape[0] == batch_size and attention_mask.shape[2] == length
+
+
 def positions_from_mask(attention_mask: torch.Tensor | None, past_length: int, length: int, device) -> torch.Tensor:
     """Position of each new token counting only real tokens, so that left padding does not shift positions."""
-    if attention_mask is None:
-        return torch.arange(past_length, past_length + length, device=device).unsqueeze(0)  # (1, seq)
+    if attention_mask is None or attention_mask.dim() != 2:  # a prepared 4-D mask comes with position_ids
+        return (torch.arange(length, device=device) + past_length).unsqueeze(0)  # (1, seq)
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]  # (batch, seq)
 
 
-def real_token_rows(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
-    """Flat indices (batch * seq) of the real tokens among the last `length` positions, or None without padding."""
-    if attention_mask is None or attention_mask.dim() != 2 or is_torchdynamo_compiling():
-        return None  # (compiled graphs keep static shapes: no data-dependent row count)
+def real_token_rows(attention_mask: torch.Tensor | None, length: int, read_mask: bool = True):
+    """The real tokens among the last `length` positions, for `on_real_tokens`: None without padding, else their
+    flat indices (batch * seq). Finding them reads the mask back to the host, which a decoding step must not wait
+    for (`read_mask=False`), nor can a compiled graph (no data-dependent shapes): then a (batch, seq, 1) bool mask."""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return None
     new_tokens = attention_mask[:, -length:].bool()
+    if not read_mask or is_torchdynamo_compiling():
+        return new_tokens.unsqueeze(-1)
     return None if new_tokens.all() else new_tokens.flatten().nonzero().squeeze(-1)
 
 
@@ -157,15 +197,9 @@ def trailing_label_padding(labels: torch.Tensor) -> torch.Tensor:
 
 
 def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0, **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Scaled dot-product attention, §3.2.1: softmax(Q K^T / sqrt(d_k)) V, returning the weights too.
 
     Reads transformers' eager masks (additive floats) and, so that `output_attentions=True` also works on a model
@@ -182,6 +216,11 @@ def eager_attention_forward(
     weights = F.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (batch, q_len, heads, head_dim)
     return output, weights
+
+
+def self_attention_cache(cache: Cache | None) -> Cache | None:
+    """The self-attention part of a cache: an `EncoderDecoderCache` holds it next to the cross-attention part."""
+    return cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
 
 
 class VaswaniAttention(nn.Module):
@@ -236,21 +275,17 @@ class VaswaniAttention(nn.Module):
         return query, key, value
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        output_attentions: bool = False,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`cache`: the self-attention cache for self-attention, the EncoderDecoderCache for cross."""
+        self, hidden_states: torch.Tensor, attention_mask=None, encoder_hidden_states=None, cache=None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """Returns the output and the attention weights (None from kernels that compute none, such as sdpa's).
+        `cache`: the stack's cache; an `EncoderDecoderCache` holds the self- and cross-attention parts."""
         if self.is_cross_attention:
             query, key, value = self.cross_attention_states(hidden_states, encoder_hidden_states, cache)
         else:
-            query, key, value = self.self_attention_states(hidden_states, cache)
+            query, key, value = self.self_attention_states(hidden_states, self_attention_cache(cache))
         implementation = self.config._attn_implementation
-        if output_attentions and implementation == "sdpa":
+        if implementation == "sdpa" and kwargs.get("output_attentions", self.config.output_attentions):
             implementation = "eager"  # sdpa computes no weights; eager reads sdpa's masks
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         output, weights = attention_interface(
@@ -280,38 +315,35 @@ class VaswaniFeedForward(nn.Module):
         return self.fc2(F.dropout(hidden_states, p=self.activation_dropout, training=self.training))
 
 
-class VaswaniResidualLayer(GradientCheckpointingLayer):
-    """The residual block around each sub-layer, §3.1 and §5.4.
+def on_real_tokens(position_wise: Callable, hidden_states: torch.Tensor, token_rows: torch.Tensor | None):
+    """`position_wise(hidden_states)` on the real tokens (`real_token_rows`), the padded positions keeping their
+    input. The feed-forward network is position-wise and padding is never attended to, so its work on padding,
+    often half of a batch of sentences, is skipped where the rows are known (a bool mask only selects)."""
+    if token_rows is None:
+        return position_wise(hidden_states)
+    if token_rows.dtype == torch.bool:
+        return torch.where(token_rows, position_wise(hidden_states), hidden_states)
+    flat = hidden_states.flatten(0, 1)  # (batch * seq, d_model)
+    tokens = position_wise(flat.index_select(0, token_rows))
+    return flat.index_copy(0, token_rows, tokens).view_as(hidden_states)
 
-    Post-LN as in the paper: LayerNorm(x + Dropout(Sublayer(x))). Pre-LN for deep stacks:
-    x + Dropout(Sublayer(LayerNorm(x))), and the stack ends with one more LayerNorm.
-    """
+
+class VaswaniResidualLayer(GradientCheckpointingLayer):
+    """A layer of residual blocks, §3.1 and §5.4; the encoder and decoder layers add their sub-layers."""
 
     def __init__(self, config: VaswaniConfig):
         super().__init__()
         self.pre_norm = config.layer_norm_position == "pre"
         self.dropout = config.dropout
 
-    def sublayer_input(self, norm: nn.LayerNorm, hidden_states: torch.Tensor) -> torch.Tensor:
-        return norm(hidden_states) if self.pre_norm else hidden_states
-
-    def add_residual(self, norm: nn.LayerNorm, residual: torch.Tensor, sublayer_output: torch.Tensor) -> torch.Tensor:
-        hidden_states = residual + F.dropout(sublayer_output, p=self.dropout, training=self.training)
+    def residual(self, norm: nn.LayerNorm, sublayer: Callable, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Post-LN as in the paper: LayerNorm(x + Dropout(Sublayer(x))). Pre-LN for deep stacks:
+        x + Dropout(Sublayer(LayerNorm(x))), and the stack ends with one more LayerNorm. Of an attention
+        sub-layer's (output, weights), the output."""
+        output = sublayer(norm(hidden_states) if self.pre_norm else hidden_states)
+        output = output[0] if isinstance(output, tuple) else output
+        hidden_states = hidden_states + F.dropout(output, p=self.dropout, training=self.training)
         return hidden_states if self.pre_norm else norm(hidden_states)
-
-    def feed_forward_block(self, hidden_states: torch.Tensor, token_rows: torch.Tensor | None) -> torch.Tensor:
-        """The feed-forward sublayer with its residual; with `token_rows` (flat indices of the real tokens of a
-        padded batch), on those rows only. The network is position-wise and padding is never attended to, so the
-        work on padding, often half of a batch of sentences, can be skipped; padded positions keep their input."""
-        if token_rows is None:
-            return self.feed_forward_residual(hidden_states)
-        flat = hidden_states.flatten(0, 1)
-        tokens = self.feed_forward_residual(flat.index_select(0, token_rows))
-        return flat.index_copy(0, token_rows, tokens).view_as(hidden_states)
-
-    def feed_forward_residual(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        transformed = self.feed_forward(self.sublayer_input(self.feed_forward_layer_norm, hidden_states))
-        return self.add_residual(self.feed_forward_layer_norm, hidden_states, transformed)
 
 
 class VaswaniEncoderLayer(VaswaniResidualLayer):
@@ -324,12 +356,13 @@ class VaswaniEncoderLayer(VaswaniResidualLayer):
         self.feed_forward = VaswaniFeedForward(config, is_decoder=False)
         self.feed_forward_layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, token_rows=None, **kwargs):
-        """Returns the new hidden states and the self-attention weights (None unless asked for)."""
-        normed = self.sublayer_input(self.self_attn_layer_norm, hidden_states)
-        attended, self_attention = self.self_attn(normed, attention_mask, **kwargs)
-        hidden_states = self.add_residual(self.self_attn_layer_norm, hidden_states, attended)
-        return self.feed_forward_block(hidden_states, token_rows), self_attention
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask=None, token_rows=None, **kwargs: Unpack[TransformersKwargs]
+    ) -> torch.Tensor:
+        self_attention = partial(self.self_attn, attention_mask=attention_mask, **kwargs)
+        hidden_states = self.residual(self.self_attn_layer_norm, self_attention, hidden_states)
+        feed_forward = partial(self.residual, self.feed_forward_layer_norm, self.feed_forward)
+        return on_real_tokens(feed_forward, hidden_states, token_rows)
 
 
 class VaswaniDecoderLayer(VaswaniResidualLayer):
@@ -349,30 +382,19 @@ class VaswaniDecoderLayer(VaswaniResidualLayer):
         self.feed_forward_layer_norm = nn.LayerNorm(config.d_model)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        token_rows: torch.Tensor | None = None,
-        **kwargs,
-    ):
-        """Returns the new hidden states and the self- and cross-attention weights (None unless asked for)."""
-        self_cache = cache
-        if isinstance(cache, EncoderDecoderCache):
-            self_cache = cache.self_attention_cache
-        normed = self.sublayer_input(self.self_attn_layer_norm, hidden_states)
-        attended, self_attention = self.self_attn(normed, attention_mask, cache=self_cache, **kwargs)
-        hidden_states = self.add_residual(self.self_attn_layer_norm, hidden_states, attended)
-        cross_attention = None
+        self, hidden_states: torch.Tensor, attention_mask=None, encoder_hidden_states=None,
+        encoder_attention_mask=None, cache: Cache | None = None, token_rows=None, **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:  # fmt: skip
+        self_attention = partial(self.self_attn, attention_mask=attention_mask, cache=cache, **kwargs)
+        hidden_states = self.residual(self.self_attn_layer_norm, self_attention, hidden_states)
         if encoder_hidden_states is not None:
-            normed = self.sublayer_input(self.cross_attn_layer_norm, hidden_states)
-            attended, cross_attention = self.cross_attn(
-                normed, encoder_attention_mask, encoder_hidden_states, cache=cache, **kwargs
-            )
-            hidden_states = self.add_residual(self.cross_attn_layer_norm, hidden_states, attended)
-        return self.feed_forward_block(hidden_states, token_rows), self_attention, cross_attention
+            cross_attention = partial(
+                self.cross_attn, attention_mask=encoder_attention_mask, encoder_hidden_states=encoder_hidden_states,
+                cache=cache, **kwargs,
+            )  # fmt: skip
+            hidden_states = self.residual(self.cross_attn_layer_norm, cross_attention, hidden_states)
+        feed_forward = partial(self.residual, self.feed_forward_layer_norm, self.feed_forward)
+        return on_real_tokens(feed_forward, hidden_states, token_rows)
 
 
 # ----------------------------------------------------------------------------------------------- base class
@@ -413,23 +435,9 @@ class VaswaniPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VaswaniSinusoidalPositions):
             init.copy_(module.table, module.sinusoids(*module.table.shape))
 
-    def check_inputs(self, input_ids, attention_mask=None, name: str | None = None) -> None:
-        """Ids outside the vocabulary and masks of another batch size fail here, with names, not deep inside."""
-        if input_ids is None:
-            return
-        name = name or "input_ids"
-        check_token_ids(input_ids, self.config.vocab_size, name)
-        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                f"{name} has batch size {input_ids.shape[0]} but its attention mask has {attention_mask.shape[0]}."
-            )
-
     def check_labels(self, labels: torch.Tensor | None) -> None:
         if labels is not None:
             check_token_ids(labels.masked_fill(labels == -100, 0), self.config.vocab_size, "labels")
-
-    def wants_dict(self, return_dict: bool | None) -> bool:
-        return self.config.return_dict if return_dict is None else return_dict
 
 
 def view_config(config: VaswaniConfig, is_encoder_decoder: bool, is_decoder: bool) -> VaswaniConfig:
@@ -446,9 +454,12 @@ def view_config(config: VaswaniConfig, is_encoder_decoder: bool, is_decoder: boo
 
 class VaswaniStack(VaswaniPreTrainedModel):
     """What both stacks of §3.1 share: scaled token embeddings plus positional encodings, dropout (§5.4),
-    N identical layers and, with pre-LN, a final layer norm."""
+    N identical layers and, with pre-LN, a final layer norm. Their outputs (`hidden_states`, `attentions`) are
+    recorded by transformers' `capture_outputs` from the classes in `_can_record_outputs`."""
 
     layer_class: type[VaswaniResidualLayer]
+    _tp_plan = VaswaniConfig.stack_tp_plan  # tensor parallelism: see the config
+    _fsdp_plan = {"layers.*": "free_full_weight"}  # FSDP2: a unit per layer; the shared embedding stays in the root's
     num_layers_field: str
 
     def __init__(self, config: VaswaniConfig):
@@ -469,26 +480,8 @@ class VaswaniStack(VaswaniPreTrainedModel):
         hidden_states = inputs_embeds + self.embed_positions(position_ids).to(inputs_embeds.dtype)
         return inputs_embeds, F.dropout(hidden_states, p=self.config.dropout, training=self.training)
 
-    def run_layers(self, hidden_states, *layer_args, output_attentions=None, output_hidden_states=None, **layer_kwargs):
-        """Runs every layer; returns the output, the hidden states after each step (with the input) if asked for,
-        and for each kind of attention (self, cross) the tuple of per-layer weights if asked for."""
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        all_hidden_states, all_attentions = [hidden_states], []
-        for layer in self.layers:
-            hidden_states, *attentions = layer(
-                hidden_states, *layer_args, output_attentions=output_attentions, **layer_kwargs
-            )
-            all_hidden_states.append(hidden_states)
-            all_attentions.append(attentions)
-        if hasattr(self, "layer_norm"):
-            hidden_states = all_hidden_states[-1] = self.layer_norm(hidden_states)
-        attentions_by_kind = [tuple(kind) if kind[0] is not None else None for kind in zip(*all_attentions)]
-        return (
-            hidden_states,
-            tuple(all_hidden_states) if output_hidden_states else None,
-            attentions_by_kind if output_attentions else [None] * len(attentions_by_kind),
-        )
+    def final_layer_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(hidden_states) if hasattr(self, "layer_norm") else hidden_states
 
 
 class VaswaniEncoder(VaswaniStack):
@@ -496,25 +489,24 @@ class VaswaniEncoder(VaswaniStack):
 
     layer_class = VaswaniEncoderLayer
     num_layers_field = "encoder_layers"
+    _can_record_outputs = {"hidden_states": VaswaniEncoderLayer, "attentions": VaswaniAttention}
 
+    @capture_outputs
     def forward(
-        self, input_ids=None, attention_mask=None, inputs_embeds=None, output_attentions=None,
-        output_hidden_states=None, return_dict=None, **kwargs,
-    ) -> BaseModelOutput | tuple:  # fmt: skip
+        self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds to the encoder.")
-        self.check_inputs(input_ids, attention_mask)
+        check_inputs(input_ids, inputs_embeds, attention_mask, self.config.vocab_size, "input_ids")
         tokens = input_ids if input_ids is not None else inputs_embeds
         self.embed_positions.check_length(tokens.shape[1])
         positions = positions_from_mask(attention_mask, 0, tokens.shape[1], tokens.device)
         inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, positions)
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
-        hidden_states, all_hidden_states, (attentions,) = self.run_layers(
-            hidden_states, mask, token_rows=real_token_rows(attention_mask, tokens.shape[1]),
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
-        )  # fmt: skip
-        output = BaseModelOutput(hidden_states, all_hidden_states, attentions)
-        return output if self.wants_dict(return_dict) else output.to_tuple()
+        token_rows = real_token_rows(attention_mask, tokens.shape[1])
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, mask, token_rows=token_rows, **kwargs)
+        return BaseModelOutput(last_hidden_state=self.final_layer_norm(hidden_states))
 
 
 class VaswaniDecoder(VaswaniStack):
@@ -522,51 +514,68 @@ class VaswaniDecoder(VaswaniStack):
 
     layer_class = VaswaniDecoderLayer
     num_layers_field = "decoder_layers"
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(VaswaniDecoderLayer, num_hidden_layers_key="decoder_layers"),
+        "attentions": OutputRecorder(VaswaniAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(VaswaniAttention, index=1, layer_name="cross_attn"),
+    }
 
-    def check_encoder_states(self, encoder_hidden_states: torch.Tensor | None, batch_size: int) -> None:
+    def check_encoder_states(self, encoder_hidden_states, encoder_attention_mask, batch_size: int) -> None:
         if self.config.is_encoder_decoder and encoder_hidden_states is None:
             raise ValueError("The decoder of the encoder-decoder model needs encoder_hidden_states to attend to.")
         if not self.config.is_encoder_decoder and encoder_hidden_states is not None:
             raise ValueError("The decoder-only view has no cross-attention: do not pass encoder_hidden_states.")
-        if encoder_hidden_states is not None and encoder_hidden_states.shape[0] != batch_size:
-            raise ValueError(
-                f"The decoder input has batch size {batch_size} but the encoder output has "
-                f"{encoder_hidden_states.shape[0]}."
-            )
+        if encoder_hidden_states is None:
+            return
+        if encoder_hidden_states.shape[0] != batch_size:
+            raise ValueError(f"The decoder input has batch size {batch_size} but the encoder output has "
+                             f"{encoder_hidden_states.shape[0]}.")  # fmt: skip
+        source_shape = tuple(encoder_hidden_states.shape[:2])
+        if encoder_attention_mask is not None and tuple(encoder_attention_mask.shape) != source_shape:
+            raise ValueError(f"The source attention mask has shape {tuple(encoder_attention_mask.shape)} but must "
+                             f"be 2-D (batch, source positions) = {source_shape}, as the encoder output.")  # fmt: skip
 
-    def prepare_cache(self, cache: Cache | None, use_cache: bool) -> tuple[Cache | None, Cache | None]:
-        """The cache to pass to the layers and its self-attention part (an EncoderDecoderCache holds both)."""
-        if use_cache and cache is None:
-            cache = DynamicCache()
-            if self.config.is_encoder_decoder:
-                cache = EncoderDecoderCache(cache, DynamicCache())
-        if isinstance(cache, EncoderDecoderCache):
-            return cache, cache.self_attention_cache
-        return cache, cache
+    def new_cache(self) -> Cache:
+        cache = DynamicCache()
+        return EncoderDecoderCache(cache, DynamicCache()) if self.config.is_encoder_decoder else cache
+
+    def positions(self, attention_mask, position_ids, cache: Cache | None, length: int, device) -> torch.Tensor:
+        """Position ids of the new tokens, the positional table grown to cover them.
+
+        A cache's length is an int, or a device tensor once a static cache holds tokens (so that compiled steps do
+        not recompile): only the first step, where inputs enter, reads explicit `position_ids` back to the host.
+        """
+        past_length = cache.get_seq_length() if cache is not None else 0
+        max_cache_length = cache.get_max_length(0) if cache is not None else -1
+        self.embed_positions.check_length(max_cache_length if max_cache_length > 0 else past_length + length)
+        if position_ids is None:
+            return positions_from_mask(attention_mask, past_length, length, device)
+        if not torch.is_tensor(past_length) and past_length == 0 and not is_torchdynamo_compiling():
+            self.embed_positions.check_length(int(position_ids.max()) + 1)
+        return position_ids
 
     @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")  # transformers 5.24 renamed it
+    @capture_outputs
     def forward(
         self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
         cache: Cache | None = None, inputs_embeds=None, position_ids=None, use_cache=None,
-        output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs,
-    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:  # fmt: skip
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPastAndCrossAttentions:  # fmt: skip
         """`attention_mask` covers the cached tokens and the new ones; positions follow it (left padding)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds to the decoder.")
-        self.check_inputs(input_ids, attention_mask, "decoder_input_ids" if self.config.is_encoder_decoder else None)
         tokens = input_ids if input_ids is not None else inputs_embeds
-        batch_size, length = tokens.shape[:2]
-        self.check_encoder_states(encoder_hidden_states, batch_size)
+        self.check_encoder_states(encoder_hidden_states, encoder_attention_mask, tokens.shape[0])
         use_cache = use_cache if use_cache is not None else self.config.use_cache
-        cache, self_cache = self.prepare_cache(cache, use_cache)
+        if use_cache and cache is None:
+            cache = self.new_cache()
+        self_cache = self_attention_cache(cache)
         past_length = self_cache.get_seq_length() if self_cache is not None else 0
-        self.embed_positions.check_length(past_length + length)
-        if position_ids is None:
-            position_ids = positions_from_mask(attention_mask, past_length, length, tokens.device)
-        elif position_ids.numel():
-            self.embed_positions.check_length(int(position_ids.max()) + 1)
+        name = "decoder_input_ids" if self.config.is_encoder_decoder else "input_ids"
+        check_inputs(input_ids, inputs_embeds, attention_mask, self.config.vocab_size, name, past_length)
+        length = tokens.shape[1]
+        position_ids = self.positions(attention_mask, position_ids, self_cache, length, tokens.device)
         inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, position_ids)
-
         self_mask = create_causal_mask(
             config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=self_cache
         )
@@ -576,15 +585,16 @@ class VaswaniDecoder(VaswaniStack):
                 config=self.config, inputs_embeds=inputs_embeds, attention_mask=encoder_attention_mask,
                 encoder_hidden_states=encoder_hidden_states,
             )  # fmt: skip
-        hidden_states, all_hidden_states, (self_attentions, cross_attentions) = self.run_layers(
-            hidden_states, self_mask, encoder_hidden_states, cross_mask, cache=cache,
-            token_rows=real_token_rows(attention_mask, length),
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
-        )  # fmt: skip
-        output = BaseModelOutputWithPastAndCrossAttentions(
-            hidden_states, cache if use_cache else None, all_hidden_states, self_attentions, cross_attentions
+        entering = not torch.is_tensor(past_length) and past_length == 0  # decoding steps must not read the mask
+        token_rows = real_token_rows(attention_mask, length, read_mask=entering)
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states, self_mask, encoder_hidden_states,  # positional, for gradient checkpointing
+                encoder_attention_mask=cross_mask, cache=cache, token_rows=token_rows, **kwargs,
+            )  # fmt: skip
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=self.final_layer_norm(hidden_states), cache=cache if use_cache else None
         )
-        return output if self.wants_dict(return_dict) else output.to_tuple()
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -596,6 +606,8 @@ class VaswaniModel(VaswaniPreTrainedModel):
     Which stacks exist follows the config: both for `is_encoder_decoder=True`, the decoder alone for
     `is_decoder=True` (causal LM), the encoder alone otherwise (masked LM, classification).
     """
+
+    _tp_plan = {"shared": "embedding_rowwise"}  # vocabulary-parallel; the stacks' embed_tokens are tied to it
 
     def __init__(self, config: VaswaniConfig):
         super().__init__(config)
@@ -629,40 +641,41 @@ class VaswaniModel(VaswaniPreTrainedModel):
                 getattr(self, stack).embed_tokens = embeddings
 
     @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")  # transformers 5.24 renamed it
+    @can_return_tuple
     def forward(
         self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
         encoder_outputs=None, cache: Cache | None = None, inputs_embeds=None, decoder_inputs_embeds=None,
-        decoder_position_ids=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-        return_dict=None, **kwargs,
-    ) -> Seq2SeqModelOutput | BaseModelOutput | BaseModelOutputWithPastAndCrossAttentions | tuple:  # fmt: skip
+        decoder_position_ids=None, use_cache=None, **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqModelOutput | BaseModelOutput | BaseModelOutputWithPastAndCrossAttentions:  # fmt: skip
         """Runs the stacks of this view; the encoder-decoder returns a `Seq2SeqModelOutput`.
 
         A single-stack view reads its input from `input_ids` (and `attention_mask`, `cache`, ...).
         """
-        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
         if not hasattr(self, "encoder"):
             return self.decoder(
-                input_ids, attention_mask, cache=cache, inputs_embeds=inputs_embeds,
-                use_cache=use_cache, return_dict=return_dict, **flags, **kwargs,
+                input_ids=input_ids, attention_mask=attention_mask, cache=cache, inputs_embeds=inputs_embeds,
+                use_cache=use_cache, **kwargs,
             )  # fmt: skip
         if encoder_outputs is None:
-            encoder_outputs = self.encoder(input_ids, attention_mask, inputs_embeds, return_dict=True, **flags, **kwargs)
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
         if not hasattr(self, "decoder"):
-            return encoder_outputs if self.wants_dict(return_dict) else encoder_outputs.to_tuple()
-
+            return encoder_outputs
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError(
                 "The encoder-decoder needs decoder_input_ids (or labels, from which VaswaniForConditionalGeneration "
                 "builds them by shifting right)."
             )
         decoder_outputs = self.decoder(
-            decoder_input_ids, decoder_attention_mask, encoder_outputs.last_hidden_state, attention_mask,
+            input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state, encoder_attention_mask=attention_mask,
             cache=cache, inputs_embeds=decoder_inputs_embeds, position_ids=decoder_position_ids,
-            use_cache=use_cache, return_dict=True, **flags, **kwargs,
+            use_cache=use_cache, **kwargs,
         )  # fmt: skip
-        output = Seq2SeqModelOutput(
+        return Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
             cache=decoder_outputs.cache,
             decoder_hidden_states=decoder_outputs.hidden_states,
@@ -672,7 +685,6 @@ class VaswaniModel(VaswaniPreTrainedModel):
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
-        return output if self.wants_dict(return_dict) else output.to_tuple()
 
 
 # ----------------------------------------------------------------------------------------------- heads
@@ -686,7 +698,7 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
 
 
 def token_cross_entropy(logits, labels, label_smoothing: float = 0.0, num_items_in_batch=None) -> torch.Tensor:
-    """Cross-entropy over the labelled tokens (-100 is ignored), with label smoothing (§5.4).
+    """Cross-entropy over the labelled tokens (-100 is ignored), with label smoothing (§5.4) when asked for.
 
     With `num_items_in_batch` (the labelled tokens of the whole accumulated batch) the sum is divided by it, so
     that gradient accumulation weights every token equally, as one large batch would.
@@ -703,17 +715,11 @@ def token_cross_entropy(logits, labels, label_smoothing: float = 0.0, num_items_
     return loss
 
 
-def head_output(output_class: type[ModelOutput], base_output: ModelOutput, return_dict: bool, **head_fields):
-    """A head's loss and logits with everything else its base output holds (the field names are the same)."""
-    fields = {name: value for name, value in base_output.items() if name != "last_hidden_state"}
-    output = output_class(**head_fields, **fields)
-    return output if return_dict else output.to_tuple()
-
-
 class VaswaniLMHeadMixin:
     """The pre-softmax projection, §3.4: `lm_head`, tied to `model.shared` unless `tie_word_embeddings=False`."""
 
     _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}  # vocabulary-parallel, gathered: every rank gets all logits
 
     def build_lm_head(self) -> None:
         self.lm_head = nn.Linear(self.config.d_model, self.config.vocab_size, bias=False)
@@ -725,8 +731,9 @@ class VaswaniLMHeadMixin:
         self.lm_head = projection
 
     def logits_and_loss(self, hidden_states, labels=None, num_items_in_batch=None, skip_logits=None, logits_to_keep=0):
-        """Logits and, with labels, the loss. Label smoothing (§5.4) regularises training only, so that evaluation
-        losses stay true perplexities.
+        """Logits and, with labels, the loss: plain cross-entropy unless `config.label_smoothing` is set (it is 0 by
+        default; the paper's 0.1 belongs to the training recipe). Smoothing regularises training only, so that
+        evaluation losses stay true perplexities.
 
         Training with labels scores only the labelled positions (not padding, not the unmasked tokens of masked
         LM) and returns no logits, as transformers' `skip_logits` convention does; pass `skip_logits=False` to get
@@ -751,6 +758,8 @@ class VaswaniLMHeadMixin:
 class VaswaniForConditionalGeneration(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationMixin):
     """The encoder-decoder with its pre-softmax projection: translation and other seq2seq tasks."""
 
+    _tp_plan = {**VaswaniLMHeadMixin._tp_plan, **VaswaniConfig.cross_attention_tp_plan}  # see the config
+
     def __init__(self, config: VaswaniConfig):
         super().__init__(view_config(config, is_encoder_decoder=True, is_decoder=False))
         self.model = VaswaniModel(self.config)
@@ -760,36 +769,55 @@ class VaswaniForConditionalGeneration(VaswaniLMHeadMixin, VaswaniPreTrainedModel
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def decoder_inputs_from_labels(self, labels, decoder_input_ids, decoder_inputs_embeds, decoder_attention_mask):
+        """Teacher forcing: the labels shifted right, unless decoder inputs are given, and in training a mask that
+        ends each row at its last label, so that the decoder skips the padding after it."""
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        decoder_batch, decoder_length = (
+            decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
+        ).shape[:2]
+        if labels.shape[0] != decoder_batch:
+            raise ValueError(f"labels has batch size {labels.shape[0]} but the decoder inputs have {decoder_batch}.")
+        if self.training and decoder_attention_mask is None and labels.shape[1] == decoder_length:
+            decoder_attention_mask = trailing_label_padding(labels)
+        return decoder_input_ids, decoder_attention_mask
+
     @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")  # transformers 5.24 renamed it
+    @can_return_tuple
     def forward(
         self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
         encoder_outputs=None, cache: Cache | None = None, inputs_embeds=None, decoder_inputs_embeds=None,
-        decoder_position_ids=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-        return_dict=None, logits_to_keep: int | torch.Tensor = 0, num_items_in_batch=None, skip_logits=None,
-        **kwargs,
-    ) -> Seq2SeqLMOutput | tuple:  # fmt: skip
+        decoder_position_ids=None, labels=None, use_cache=None, logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch=None, skip_logits=None, **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqLMOutput:  # fmt: skip
         """`labels`: the target tokens (-100 ignored); the decoder inputs are built from them when not given."""
         self.check_labels(labels)
         if labels is not None:
             use_cache = False
-            if decoder_input_ids is None and decoder_inputs_embeds is None:
-                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
-            decoder_batch, decoder_length = (
-                decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
-            ).shape[:2]
-            if labels.shape[0] != decoder_batch:
-                raise ValueError(f"labels has batch size {labels.shape[0]} but the decoder inputs have {decoder_batch}.")
-            if self.training and decoder_attention_mask is None and labels.shape[1] == decoder_length:
-                decoder_attention_mask = trailing_label_padding(labels)  # the decoder then skips that padding
+            decoder_input_ids, decoder_attention_mask = self.decoder_inputs_from_labels(
+                labels, decoder_input_ids, decoder_inputs_embeds, decoder_attention_mask
+            )
         outputs = self.model(
-            input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs, cache,
-            inputs_embeds, decoder_inputs_embeds, decoder_position_ids, use_cache=use_cache,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs, cache=cache,
+            inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds,
+            decoder_position_ids=decoder_position_ids, use_cache=use_cache, **kwargs,
         )  # fmt: skip
         logits, loss = self.logits_and_loss(
             outputs.last_hidden_state, labels, num_items_in_batch, skip_logits, logits_to_keep
         )
-        return head_output(Seq2SeqLMOutput, outputs, self.wants_dict(return_dict), loss=loss, logits=logits)
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
 
 
 class VaswaniForMaskedLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel):
@@ -801,17 +829,20 @@ class VaswaniForMaskedLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel):
         self.build_lm_head()
         self.post_init()
 
+    @can_return_tuple
     def forward(
-        self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, output_attentions=None,
-        output_hidden_states=None, return_dict=None, num_items_in_batch=None, skip_logits=None, **kwargs,
-    ) -> MaskedLMOutput | tuple:  # fmt: skip
+        self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, num_items_in_batch=None,
+        skip_logits=None, **kwargs: Unpack[TransformersKwargs],
+    ) -> MaskedLMOutput:  # fmt: skip
         """`labels`: the original ids at the masked positions and -100 elsewhere."""
         self.check_labels(labels)
         outputs = self.model.encoder(
-            input_ids, attention_mask, inputs_embeds, output_attentions, output_hidden_states, True, **kwargs
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
         logits, loss = self.logits_and_loss(outputs.last_hidden_state, labels, num_items_in_batch, skip_logits)
-        return head_output(MaskedLMOutput, outputs, self.wants_dict(return_dict), loss=loss, logits=logits)
+        return MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 class VaswaniForCausalLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationMixin):
@@ -824,12 +855,12 @@ class VaswaniForCausalLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationM
         self.post_init()
 
     @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")  # transformers 5.24 renamed it
+    @can_return_tuple
     def forward(
         self, input_ids=None, attention_mask=None, position_ids=None, cache: Cache | None = None,
-        inputs_embeds=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-        return_dict=None, logits_to_keep: int | torch.Tensor = 0, num_items_in_batch=None, skip_logits=None,
-        shift_labels=None, **kwargs,
-    ) -> CausalLMOutputWithCrossAttentions | tuple:  # fmt: skip
+        inputs_embeds=None, labels=None, use_cache=None, logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch=None, skip_logits=None, shift_labels=None, **kwargs: Unpack[TransformersKwargs],
+    ) -> CausalLMOutputWithCrossAttentions:  # fmt: skip
         """`labels` align with `input_ids` (usually equal to them); the head shifts them to predict the next token.
         `shift_labels`, targets shifted already (context-parallel training shifts before it shards the sequence,
         as transformers' `ForCausalLMLoss` expects), replace `labels` when given."""
@@ -838,17 +869,18 @@ class VaswaniForCausalLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationM
         if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
             raise ValueError(f"labels have shape {tuple(labels.shape)} but input_ids {tuple(input_ids.shape)}.")
         outputs = self.model.decoder(
-            input_ids, attention_mask, cache=cache, inputs_embeds=inputs_embeds,
-            position_ids=position_ids, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
+            input_ids=input_ids, attention_mask=attention_mask, cache=cache, inputs_embeds=inputs_embeds,
+            position_ids=position_ids, use_cache=use_cache, **kwargs,
         )  # fmt: skip
         if shift_labels is None and labels is not None:  # position i predicts token i + 1; the last, nothing
             shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
         logits, loss = self.logits_and_loss(
             outputs.last_hidden_state, shift_labels, num_items_in_batch, skip_logits, logits_to_keep
         )
-        return_dict = self.wants_dict(return_dict)
-        return head_output(CausalLMOutputWithCrossAttentions, outputs, return_dict, loss=loss, logits=logits)
+        return CausalLMOutputWithCrossAttentions(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )  # fmt: skip
 
 
 class VaswaniClassificationHead(nn.Module):
@@ -870,23 +902,6 @@ class VaswaniClassificationHead(nn.Module):
         return self.out_proj(F.dropout(pooled, p=self.dropout, training=self.training))
 
 
-def classification_loss(config: VaswaniConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Regression, single-label or multi-label loss, chosen as transformers' classifiers choose it."""
-    if config.problem_type is None:
-        if config.num_labels == 1:
-            config.problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
-        else:
-            config.problem_type = "multi_label_classification"
-    labels = labels.to(logits.device)
-    if config.problem_type == "regression":
-        return F.mse_loss(logits.squeeze(-1), labels.float().view(logits.shape[:-1]))
-    if config.problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-
-
 class VaswaniForSequenceClassification(VaswaniPreTrainedModel):
     """The encoder alone with a classifier on its pooled output: fine-tuning for sentence (pair) tasks."""
 
@@ -899,18 +914,22 @@ class VaswaniForSequenceClassification(VaswaniPreTrainedModel):
         self.classifier = VaswaniClassificationHead(self.config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
-        self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, output_attentions=None,
-        output_hidden_states=None, return_dict=None, **kwargs,
-    ) -> SequenceClassifierOutput | tuple:  # fmt: skip
+        self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, **kwargs: Unpack[TransformersKwargs]
+    ) -> SequenceClassifierOutput:
         """`labels`: class ids, floats for regression (`num_labels=1`), or multi-hot floats for multi-label."""
         kwargs.pop("num_items_in_batch", None)  # a token count: meaningless with one label per sequence
         outputs = self.model.encoder(
-            input_ids, attention_mask, inputs_embeds, output_attentions, output_hidden_states, True, **kwargs
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
         logits = self.classifier(outputs.last_hidden_state, attention_mask)
-        loss = classification_loss(self.config, logits, labels) if labels is not None else None
-        return head_output(SequenceClassifierOutput, outputs, self.wants_dict(return_dict), loss=loss, logits=logits)
+        loss = None
+        if labels is not None:  # regression, single- or multi-label, chosen as transformers' classifiers choose it
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 __all__ = [

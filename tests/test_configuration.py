@@ -15,9 +15,17 @@ def test_defaults_are_the_paper_base_model():
     config = VaswaniConfig()
     assert (config.d_model, config.encoder_layers, config.decoder_layers) == (512, 6, 6)
     assert (config.encoder_attention_heads, config.encoder_ffn_dim, config.vocab_size) == (8, 2048, 37000)
-    assert (config.dropout, config.label_smoothing, config.activation_function) == (0.1, 0.1, "relu")
+    assert (config.dropout, config.activation_function) == (0.1, "relu")
     assert (config.layer_norm_position, config.position_embedding_type) == ("post", "sinusoidal")
     assert config.scale_embedding and config.tie_word_embeddings and config.is_encoder_decoder
+
+
+def test_the_loss_is_plain_cross_entropy_unless_a_recipe_asks_for_smoothing():
+    """Like every transformers model; the paper's 0.1 (§5.4) comes with the presets (and vaswani-train)."""
+    assert VaswaniConfig().label_smoothing == 0.0
+    assert VaswaniConfig.base().label_smoothing == VaswaniConfig.big().label_smoothing == 0.1
+    assert VaswaniConfig.big(label_smoothing=0.2).label_smoothing == 0.2
+    assert VaswaniConfig.big().dropout == 0.3
 
 
 def test_standard_names_alias_the_bart_fields():

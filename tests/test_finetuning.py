@@ -18,6 +18,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from conftest import tiny_kwargs
 from vaswani import (
     VaswaniConfig,
     VaswaniForConditionalGeneration,
@@ -66,11 +67,8 @@ def tokenizer(toy):
 
 
 def tiny_config(tokenizer, **overrides) -> VaswaniConfig:
-    return VaswaniConfig.from_tokenizer(
-        tokenizer, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128, dropout=0.0,
-        **overrides,
-    )  # fmt: skip
+    sizes = tiny_kwargs(vocab_size=len(tokenizer), layers=1, heads=2, max_position_embeddings=128, **overrides)
+    return VaswaniConfig.from_tokenizer(tokenizer, **sizes)
 
 
 def arguments(tmp_path, arguments_class=TrainingArguments, **overrides):
@@ -113,7 +111,7 @@ def masked_lm_checkpoint(toy, tokenizer, tmp_path_factory):
 
 def test_trainer_pretrains_the_masked_lm(masked_lm_checkpoint):
     _, losses = masked_lm_checkpoint
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.9 * losses[0], losses  # measured: 0.74 (5.83 -> 4.30); masking is random, keep room
 
 
 def test_classifier_from_the_masked_lm_beats_the_majority_baseline(masked_lm_checkpoint, toy, tokenizer, tmp_path):
@@ -199,23 +197,29 @@ def test_seq2seq_trainer_generates_and_scores_bleu_as_translate_does(pair_datase
     trainer.train()
     after = trainer.evaluate()
     assert logged_losses(trainer)[-1] < 0.7 * logged_losses(trainer)[0]
-    assert after["eval_chrf"] > before["eval_chrf"] + 10, (before, after)
+    assert after["eval_chrf"] > before["eval_chrf"] + 5, (before, after)  # measured: 0 -> 17.5
     # The Trainer's generation path and ours: the same greedy translations, so the same scores.
     hypotheses = translate(model.eval(), tokenizer, sources, max_length=40)
     assert after["eval_bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [targets]).score)
     assert after["eval_chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [targets]).score)
 
 
-def test_trainer_loss_is_the_models_own_label_smoothed_loss(pair_dataset, tokenizer, tmp_path):
-    """With label_smoothing_factor 0 (the default, and what we document) the model smooths once, by its config."""
+def test_trainers_label_smoothing_equals_the_configs_and_never_adds_up(pair_dataset, tokenizer, tmp_path):
+    """The documented recipe, `label_smoothing_factor=0.1` on a model with the default (plain) loss, gives the loss of
+    a config that smooths itself; on such a config the Trainer's smoother takes the labels away, so it smooths once."""
     dataset, _, _ = pair_dataset
-    model = VaswaniForConditionalGeneration(tiny_config(tokenizer, label_smoothing=0.1)).train()
-    trainer = Seq2SeqTrainer(model=model, args=arguments(tmp_path, Seq2SeqTrainingArguments), data_collator=None)
-    batch = DataCollatorForSeq2Seq(tokenizer, model=model)([dataset[index] for index in range(4)])
-    smoothed = trainer.compute_loss(model, dict(batch))
-    torch.testing.assert_close(smoothed, model(**batch).loss)
-    model.config.label_smoothing = 0.0
-    assert smoothed > model(**batch).loss  # smoothing raises the loss of a model that is not uniform
+    model = VaswaniForConditionalGeneration(tiny_config(tokenizer)).train()
+    batch = dict(DataCollatorForSeq2Seq(tokenizer, model=model)([dataset[index] for index in range(4)]))
+    plain = model(**batch).loss
+    smoothing_trainer = Seq2SeqTrainer(
+        model=model, args=arguments(tmp_path, Seq2SeqTrainingArguments, label_smoothing_factor=0.1)
+    )
+    by_trainer = smoothing_trainer.compute_loss(model, dict(batch))
+    model.config.label_smoothing = 0.1
+    by_config = model(**batch).loss
+    torch.testing.assert_close(by_trainer, by_config)
+    torch.testing.assert_close(smoothing_trainer.compute_loss(model, dict(batch)), by_config)
+    assert by_config > plain  # smoothing raises the loss of a model that is not uniform
 
 
 # ----------------------------------------------------------------------------------------------- the examples

@@ -1,14 +1,20 @@
 """Behaviour of the model family: shapes, masks, caches, the views' shared parameters, save/load, options, errors."""
 
+import os
+import traceback
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
+    CompileConfig,
 )
 
 from conftest import random_ids, tiny_config
@@ -290,6 +296,73 @@ def test_left_padded_causal_lm_batch_generates_as_each_prompt_alone():
     assert torch.equal(together[1, 3:], model.generate(short_prompt, **settings)[0])
 
 
+def generation_inputs(model_class) -> dict:
+    """Two prompts, the second left-padded, to generate a fixed number of tokens greedily."""
+    input_ids, attention_mask = random_ids(2, 6, 3), torch.ones(2, 6, dtype=torch.long)
+    attention_mask[1, :2] = 0
+    return dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+
+
+@pytest.mark.parametrize("model_class", [VaswaniForConditionalGeneration, VaswaniForCausalLM])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_static_cache_generates_what_the_dynamic_cache_generates(model_class, num_beams):
+    model = eval_model(model_class)
+    inputs = generation_inputs(model_class) | {"num_beams": num_beams}
+    dynamic = model.generate(**inputs)
+    assert torch.equal(model.generate(**inputs, cache_implementation="static"), dynamic)
+
+
+@pytest.mark.slow  # compiling takes 15-35 s per view on a CPU
+@pytest.mark.parametrize("model_class", [VaswaniForConditionalGeneration, VaswaniForCausalLM])
+def test_compiled_static_cache_generation_equals_the_dynamic_cache(model_class):
+    """transformers compiles the decoding step (fullgraph: any graph break fails) when the cache is static and a
+    compile config is given; on a CPU only when asked to (`_compile_all_devices`)."""
+    model = eval_model(model_class)
+    compile_config = CompileConfig(fullgraph=True, mode="default")
+    compile_config._compile_all_devices = True
+    inputs = generation_inputs(model_class)
+    compiled = model.generate(**inputs, cache_implementation="static", compile_config=compile_config)
+    assert torch.equal(compiled, model.generate(**inputs))
+    assert getattr(model, "_compiled_call", None) is not None  # compiled, not run eagerly after a warning
+
+
+class HostReads(TorchDispatchMode):
+    """Records where our file reads a tensor back to the host (`.item()`, `bool()`, `int()`, `nonzero`), which
+    waits for the device's queue to drain."""
+
+    def __init__(self):
+        super().__init__()
+        self.places = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default):
+            callers = [frame for frame in traceback.extract_stack()[:-1] if f"{os.sep}torch{os.sep}" not in frame.filename]
+            if callers[-1].filename.endswith("modeling_vaswani.py"):  # not transformers' mask helpers
+                self.places.append(f"{callers[-1].name}:{callers[-1].lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("model_class", [VaswaniForConditionalGeneration, VaswaniForCausalLM])
+def test_a_decoding_step_reads_nothing_back_to_the_host(model_class):
+    """Inputs are checked where they enter (the first step): a decoding step with a cache only queues work.
+    (transformers' sdpa mask helpers still read one flag per step unless compiled; eager reads none.)"""
+    model = eval_model(model_class, attn_implementation="eager")
+    inputs = generation_inputs(model_class)
+    mask = inputs["attention_mask"]
+    with HostReads() as first_step:
+        if model_class is VaswaniForCausalLM:
+            outputs = model(inputs["input_ids"], attention_mask=mask)
+            step = {"input_ids": random_ids(2, 1, 4), "attention_mask": torch.cat([mask, mask[:, -1:]], dim=1)}
+        else:
+            outputs = model(inputs["input_ids"], attention_mask=mask, decoder_input_ids=random_ids(2, 2, 5))
+            step = {"decoder_input_ids": random_ids(2, 1, 4), "attention_mask": mask,
+                    "encoder_outputs": (outputs.encoder_last_hidden_state,)}  # fmt: skip
+    assert first_step.places  # the vocabulary and padding checks: the probe sees them
+    with HostReads() as decoding_step:
+        model(**step, cache=outputs.cache)
+    assert decoding_step.places == []
+
+
 def test_beam_search_returns_the_requested_sequences():
     model = eval_model(VaswaniForConditionalGeneration)
     generated = model.generate(random_ids(2, 6), num_beams=4, num_return_sequences=2, max_new_tokens=4)
@@ -363,7 +436,12 @@ def test_sequence_classification_losses(num_labels, labels, problem_type):
     model = eval_model(VaswaniForSequenceClassification, num_labels=num_labels)
     output = model(**model_inputs(VaswaniForSequenceClassification), labels=labels)
     assert model.config.problem_type == problem_type
-    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+    expected = {
+        "single_label_classification": lambda logits: torch.nn.functional.cross_entropy(logits, labels),
+        "regression": lambda logits: torch.nn.functional.mse_loss(logits.squeeze(-1), labels),
+        "multi_label_classification": lambda logits: torch.nn.functional.binary_cross_entropy_with_logits(logits, labels),
+    }[problem_type](output.logits)
+    torch.testing.assert_close(output.loss, expected)
 
 
 def test_classification_pooling_ignores_padding():
@@ -386,6 +464,27 @@ def test_save_and_load_give_exactly_equal_weights_and_logits(model_class, tmp_pa
         assert torch.equal(original, reloaded), name
     inputs = model_inputs(model_class)
     assert torch.equal(model(**inputs).logits, loaded(**inputs).logits)
+
+
+FIXTURE_CHECKPOINTS = Path(__file__).parent / "fixtures" / "checkpoints"
+FIXTURE_VIEWS = {
+    "seq2seq": VaswaniForConditionalGeneration,
+    "causal_lm": VaswaniForCausalLM,
+    "masked_lm": VaswaniForMaskedLM,
+    "classification": VaswaniForSequenceClassification,
+}
+
+
+@pytest.mark.parametrize("folder, model_class", FIXTURE_VIEWS.items())
+def test_checkpoints_saved_by_earlier_code_load_with_the_same_logits(folder, model_class):
+    """Tiny checkpoints saved before the modeling file was restructured (post/pre-LN, tied/untied, learned
+    positions, GELU) load without missing or unexpected keys and give the logits saved with them."""
+    loaded, info = model_class.from_pretrained(FIXTURE_CHECKPOINTS / folder, output_loading_info=True)
+    assert not any(info.values()), info
+    expected = load_file(FIXTURE_CHECKPOINTS / folder / "expected.safetensors")
+    logits = expected.pop("logits")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**expected).logits, logits, rtol=1e-5, atol=1e-5)
 
 
 def test_one_shared_matrix_is_saved_once_and_stays_tied_after_loading(tmp_path):
@@ -587,7 +686,19 @@ def test_seq2seq_needs_decoder_inputs_or_labels():
 @pytest.mark.parametrize(
     "model_class, inputs, message",
     [
-        (VaswaniForMaskedLM, {"input_ids": random_ids(2, 5), "attention_mask": torch.ones(3, 5)}, "batch size 2 but its attention mask has 3"),
+        (VaswaniForMaskedLM, {"input_ids": random_ids(2, 5), "attention_mask": torch.ones(3, 5)}, "attention mask of input_ids has shape \\(3, 5\\) but must be 2-D \\(batch, positions\\) = \\(2, 5\\)"),
+        (VaswaniForMaskedLM, {"input_ids": random_ids(2, 5), "attention_mask": torch.ones(2, 6)}, "attention mask of input_ids has shape \\(2, 6\\)"),
+        (VaswaniForMaskedLM, {"input_ids": random_ids(2, 5), "attention_mask": torch.ones(2, 4)}, "attention mask of input_ids has shape \\(2, 4\\)"),
+        (VaswaniForMaskedLM, {"input_ids": random_ids(2, 5), "attention_mask": torch.ones(2, 5, 5)}, "attention mask of input_ids has shape \\(2, 5, 5\\) but must be 2-D"),
+        (VaswaniForConditionalGeneration, {"input_ids": random_ids(2, 5), "attention_mask": torch.ones(2, 6), "decoder_input_ids": random_ids(2, 4)}, "attention mask of input_ids has shape \\(2, 6\\)"),
+        (VaswaniForConditionalGeneration, {"input_ids": random_ids(2, 5), "decoder_input_ids": random_ids(2, 4), "decoder_attention_mask": torch.ones(2, 3)}, "attention mask of decoder_input_ids has shape \\(2, 3\\) but must be 2-D \\(batch, positions\\) = \\(2, 4\\)"),
+        (VaswaniForCausalLM, {"input_ids": random_ids(2, 5), "attention_mask": torch.ones(2, 5, 5)}, "attention mask of input_ids has shape \\(2, 5, 5\\)"),
+        (VaswaniForCausalLM, {"input_ids": random_ids(2, 5), "attention_mask": torch.ones(2, 1, 4, 5)}, "attention mask of input_ids has shape \\(2, 1, 4, 5\\)"),
+        (VaswaniForMaskedLM, {"input_ids": torch.zeros(2, 0, dtype=torch.long)}, "input_ids is empty \\(shape \\(2, 0\\)\\)"),
+        (VaswaniForCausalLM, {"input_ids": torch.zeros(2, 0, dtype=torch.long)}, "input_ids is empty"),
+        (VaswaniForConditionalGeneration, {"input_ids": torch.zeros(2, 0, dtype=torch.long), "decoder_input_ids": random_ids(2, 4)}, "input_ids is empty"),
+        (VaswaniForConditionalGeneration, {"input_ids": random_ids(2, 5), "decoder_input_ids": torch.zeros(2, 0, dtype=torch.long)}, "decoder_input_ids is empty"),
+        (VaswaniForSequenceClassification, {"inputs_embeds": torch.zeros(2, 0, 32)}, "input_ids is empty"),
         (VaswaniForConditionalGeneration, {"input_ids": random_ids(2, 5), "decoder_input_ids": random_ids(3, 4)}, "decoder input has batch size 3 but the encoder output has 2"),
         (VaswaniForConditionalGeneration, {"input_ids": random_ids(2, 5), "decoder_input_ids": random_ids(2, 4), "labels": random_ids(3, 4)}, "labels has batch size 3"),
         (VaswaniForCausalLM, {"input_ids": random_ids(2, 5), "labels": random_ids(2, 4)}, "labels have shape \\(2, 4\\) but input_ids \\(2, 5\\)"),
@@ -597,6 +708,25 @@ def test_seq2seq_needs_decoder_inputs_or_labels():
 def test_mismatched_inputs_are_named(model_class, inputs, message):
     with pytest.raises(ValueError, match=message):
         eval_model(model_class)(**inputs)
+
+
+def test_a_source_mask_that_does_not_fit_the_encoder_output_is_named():
+    """Given encoder outputs (as generate() passes them), a source mask of another length fails instead of being
+    broadcast or cut silently."""
+    model = eval_model(VaswaniForConditionalGeneration)
+    encoder_outputs = model.get_encoder()(random_ids(2, 5))
+    for mask in (torch.ones(2, 6), torch.ones(2, 4)):
+        with pytest.raises(ValueError, match="source attention mask has shape .* = \\(2, 5\\)"):
+            model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=random_ids(2, 3))
+
+
+def test_the_mask_of_a_cached_step_covers_the_cached_and_new_tokens():
+    model = eval_model(VaswaniForCausalLM)
+    prompt = random_ids(1, 4)
+    model(random_ids(1, 1), attention_mask=torch.ones(1, 5), cache=model(prompt).cache)  # 4 cached + 1 new
+    cache = model(prompt).cache
+    with pytest.raises(ValueError, match="\\(1, 1\\) but must be 2-D \\(batch, positions\\) = \\(1, 5\\) \\(4 cached \\+ 1 new\\)"):
+        model(random_ids(1, 1), attention_mask=torch.ones(1, 1), cache=cache)
 
 
 def test_decoder_role_errors():
@@ -636,25 +766,33 @@ def assert_learns(model, steps: int = 30):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_a_tiny_model_learns_to_copy_to_exact_match():
-    """Copying needs attention across the stacks: the paper's architecture solves it in a few hundred steps."""
+@pytest.mark.slow  # ~6 s alone, ~15 s on a busy 2-core machine
+def test_a_tiny_model_learns_to_copy():
+    """Copying needs attention across the stacks. With the learning rate decayed to 0 the model settles: on 4 seeds
+    it copies 99.5-100% of held-out tokens after 200 steps. The thresholds leave wide room for other CPUs, thread
+    counts and torch builds (chance is 1 in 15)."""
     torch.manual_seed(0)
-    config = tiny_config(vocab_size=20, d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128, label_smoothing=0.0)
+    config = tiny_config(vocab_size=20, d_model=64, ffn_dim=128)
     model = VaswaniForConditionalGeneration(config)
+    steps = 200
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.9, 0.98), eps=1e-9)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     generator = torch.Generator().manual_seed(0)
     model.train()
-    for _ in range(300):
+    for _ in range(steps):
         source = torch.randint(5, 20, (32, 6), generator=generator)
         labels = torch.cat([source, torch.full((32, 1), config.eos_token_id)], dim=1)
         model(source, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        schedule.step()
     model.eval()
-    test_source = torch.randint(5, 20, (16, 6), generator=generator)
+    test_source = torch.randint(5, 20, (64, 6), generator=generator)
     generated = model.generate(test_source, max_new_tokens=7, do_sample=False)
-    assert torch.equal(generated[:, 1:7], test_source)
-    assert (generated[:, 7] == config.eos_token_id).all()
+    copied = (generated[:, 1:7] == test_source).float()
+    assert copied.mean() > 0.9, copied.mean()
+    assert copied.all(dim=1).float().mean() > 0.6  # whole sequences: 97-100% measured
+    assert (generated[:, 7] == config.eos_token_id).float().mean() > 0.9
 
 
 # ----------------------------------------------------------------------------------------------- padding skipped
@@ -716,5 +854,7 @@ def test_padded_rows_are_found_only_where_there_is_padding():
     assert real_token_rows(None, 3) is None and real_token_rows(torch.ones(2, 3), 3) is None
     assert real_token_rows(torch.tensor([[1, 1, 0], [0, 1, 1]]), 3).tolist() == [0, 1, 4, 5]
     assert real_token_rows(torch.tensor([[0, 1, 1], [1, 1, 1]]), 1) is None  # the newest position of each row
+    in_a_decoding_step = real_token_rows(torch.tensor([[1, 1, 0], [0, 1, 1]]), 2, read_mask=False)
+    assert in_a_decoding_step.tolist() == [[[True], [False]], [[True], [True]]]  # selects, reads nothing back
     labels = torch.tensor([[5, -100, 6, -100, -100], [-100, -100, -100, -100, -100]])
     assert trailing_label_padding(labels).tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]]

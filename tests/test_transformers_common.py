@@ -321,3 +321,63 @@ class VaswaniStandaloneDecoderModelTest(ListedAsBuiltIn, ModelTesterMixin, Gener
     def test_decoder_model_past_with_large_inputs(self):
         config, inputs_dict = self.model_tester.prepare_config_and_inputs()
         self.model_tester.create_and_check_decoder_model_past_large_inputs(config, inputs_dict)
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+TrainingTesterMixin = importlib.import_module(f"{PACKAGE}.test_training_mixin").TrainingTesterMixin
+
+
+class TrainsAsABuiltInModel(TrainingTesterMixin):
+    """transformers' overfitting test (`test_training_overfit`): 300 Adam steps on one fixed batch of the repeated
+    pattern 1..19 must cut the loss and the gradient norm by 90%, and the LM views must then generate the pattern.
+    It runs the model's default loss, so it fails for a model that smooths labels by default (a perfect model's
+    smoothed loss stays far above 10% of the first one)."""
+
+    model_tester = None  # set by setUp; the mixin declares it as an abstract property
+    view: str
+    trained_class: type
+
+    def setUp(self):
+        # Without dropout, as the Llama-style models the mixin was written for train: dropout is a regulariser that
+        # works against overfitting, and the noise it adds to the last gradient norm is what the test measures.
+        self.model_tester = VaswaniModelTester(
+            self, view=self.view, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+        )
+
+    def _get_trainable_model_class(self):
+        return self.trained_class
+
+
+class VaswaniCausalLMTrainingTest(TrainsAsABuiltInModel, unittest.TestCase):
+    view, trained_class = "decoder", VaswaniForCausalLM
+
+
+class VaswaniMaskedLMTrainingTest(TrainsAsABuiltInModel, unittest.TestCase):
+    view, trained_class = "encoder", VaswaniForMaskedLM
+
+
+@pytest.mark.slow  # ~10 s: two stacks, 300 steps
+class VaswaniSeq2SeqTrainingTest(TrainsAsABuiltInModel, unittest.TestCase):
+    """The mixin's check is a decoder-only one: from the pattern's first token, generate the rest. Its
+    encoder-decoder form: the source is that first token (padded to the pattern's length, the padding masked) and the
+    target the rest, which the decoder produces after its start token (id 1, the pattern's first token too)."""
+
+    view, trained_class = "seq2seq", VaswaniForConditionalGeneration
+
+    def _create_text_training_batch(self, batch_size, seq_length, vocab_size):
+        batch = super()._create_text_training_batch(batch_size, seq_length, vocab_size)
+        attention_mask = torch.zeros_like(batch["input_ids"])
+        attention_mask[:, 0] = 1
+        return {"input_ids": batch["input_ids"], "attention_mask": attention_mask, "labels": batch["labels"][:, 1:]}
+
+
+class VaswaniSequenceClassificationTrainingTest(TrainsAsABuiltInModel, unittest.TestCase):
+    """One class label per sequence: the pattern rotated by a different offset in each row, labelled by offset."""
+
+    view, trained_class = "encoder", VaswaniForSequenceClassification
+
+    def _create_text_training_batch(self, batch_size, seq_length, vocab_size):
+        batch = super()._create_text_training_batch(batch_size, seq_length, vocab_size)
+        input_ids = torch.stack([row.roll(index) for index, row in enumerate(batch["input_ids"])])
+        return {"input_ids": input_ids, "labels": torch.arange(batch_size) % self.model_tester.num_labels}

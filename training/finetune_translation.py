@@ -12,9 +12,9 @@ How our model meets the Trainer, exactly as a built-in one does:
   model's `prepare_decoder_input_ids_from_labels`.
 - The Trainer passes `num_items_in_batch` (the labelled tokens of the whole accumulated batch) to `forward`, which
   divides its summed loss by it: gradient accumulation weights every token equally.
-- Label smoothing (§5.4) is the model's own: `config.label_smoothing` (0.1, the paper's), applied in training mode
-  only. Keep `label_smoothing_factor=0` (the Trainer's default): the Trainer's smoother would take the labels from
-  the model and smooth the full logits a second way.
+- Label smoothing (§5.4, 0.1) is the Trainer's `label_smoothing_factor`, a training choice as for any transformers
+  model: the model's own `loss` is plain cross-entropy (`config.label_smoothing` defaults to 0). The Trainer's
+  smoother takes the labels away from the model, so a checkpoint saved with `label_smoothing` set never smooths twice.
 - `predict_with_generate=True` evaluates with `model.generate()`; `compute_metrics` scores with sacrebleu.
 """
 
@@ -96,7 +96,7 @@ def training_arguments(options: TranslationOptions) -> Seq2SeqTrainingArguments:
         per_device_train_batch_size=options.batch_size, per_device_eval_batch_size=options.batch_size,
         learning_rate=options.learning_rate, lr_scheduler_type="inverse_sqrt", warmup_steps=options.warmup_steps,
         adam_beta2=0.98, adam_epsilon=1e-9,  # the paper's Adam (§5.3)
-        label_smoothing_factor=0.0,  # the model smooths its own loss (config.label_smoothing) in training mode
+        label_smoothing_factor=0.1,  # the paper's (§5.4); the model's own loss is plain cross-entropy
         predict_with_generate=True, generation_num_beams=options.num_beams,
         generation_max_length=options.max_length + 50,  # §6.1: output length up to input length + 50
         eval_strategy="steps", eval_steps=options.eval_steps, logging_steps=max(1, options.eval_steps // 10),
