@@ -4,6 +4,7 @@ import pytest
 import torch
 from matplotlib.image import imread
 
+from conftest import tiny_kwargs
 from vaswani import (
     VaswaniConfig,
     VaswaniForCausalLM,
@@ -28,10 +29,9 @@ def tokenizer():
 def tiny(model_class, tokenizer):
     """Two layers of three heads (so that a transposed grid would show), in training mode with sdpa, as it comes."""
     torch.manual_seed(0)
-    config = VaswaniConfig.from_tokenizer(
-        tokenizer, d_model=24, encoder_layers=2, decoder_layers=2, encoder_attention_heads=3,
-        decoder_attention_heads=3, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=256,
-    )  # fmt: skip
+    # The paper's dropout, not tiny_kwargs' 0: maps taken in training mode must still be those of eval mode.
+    sizes = tiny_kwargs(vocab_size=len(tokenizer), d_model=24, heads=3, ffn_dim=48, max_position_embeddings=256)
+    config = VaswaniConfig.from_tokenizer(tokenizer, **{**sizes, "dropout": 0.1})
     return model_class(config)
 
 

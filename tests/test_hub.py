@@ -26,9 +26,10 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard, constants
-from hub_server import HubState, LoopbackHub
 from safetensors.torch import load_file
 
+from conftest import tiny_kwargs
+from hub_server import HubState, LoopbackHub
 from vaswani import (
     VaswaniConfig,
     VaswaniForCausalLM,
@@ -44,10 +45,6 @@ from vaswani.training.hub import NotAnExportError, main, push_folder, push_train
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")  # httpx2
 TOKEN = "hf_loopback_token"
 FIXTURES = Path(__file__).with_name("fixtures") / "udhr"
-TINY = dict(
-    d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-    encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0,
-)  # fmt: skip
 TEXTS = ["Everyone has the right to life, liberty and security of person.", "Nadie será sometido a torturas."]
 DECODER_INPUT_IDS = [[1, 40, 41, 42, 43], [1, 50, 51, 52, 53]]
 GENERATION = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=1)
@@ -207,9 +204,9 @@ def failing_load(repo_id: str, **options) -> dict:
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
+def hub():
     """This module's own Hub, so that request logs hold only its requests; Xet off for the pushes made here."""
-    with pytest.MonkeyPatch.context() as patch, LoopbackHub(tmp_path_factory.mktemp("hub")) as server:
+    with pytest.MonkeyPatch.context() as patch, LoopbackHub() as server:
         patch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         yield server
 
@@ -234,7 +231,8 @@ def tokenizer_for(head: str, tokenizer):
 
 def build_model(head: str, tokenizer, seed: int = 0):
     torch.manual_seed(seed)
-    config = VaswaniConfig.from_tokenizer(tokenizer, **TINY, **({"num_labels": 3} if head == "cls" else {}))
+    sizes = tiny_kwargs(vocab_size=len(tokenizer), layers=1, heads=2, **({"num_labels": 3} if head == "cls" else {}))
+    config = VaswaniConfig.from_tokenizer(tokenizer, **sizes)
     model = HEADS[head].model_class(config).eval()
     with torch.no_grad():  # with the initial std of 0.02, greedy decoding repeats one token: a weak comparison
         for parameter in model.parameters():
@@ -358,7 +356,7 @@ def client_results(hub, pushed, exports, tmp_path_factory) -> dict:
     offline = None
     try:
         results = {"clean": finish(clean), "cli_folder": cli_folder}
-        with LoopbackHub(root / "empty-hub") as empty_hub:  # nothing there: all must come from the clean cache
+        with LoopbackHub() as empty_hub:  # nothing there: all must come from the clean cache
             offline = start_client(empty_hub, root / "clean", "offline", offline_spec, vaswani=False, offline=True)
             results.update(installed=finish(installed), offline=finish(offline), offline_requests=empty_hub.requests)
     finally:  # after a failure, do not leave the others running
@@ -509,9 +507,9 @@ def commits(monkeypatch) -> list[list[str]]:
     """The paths of each commit the Hub receives (the server runs in this process)."""
     log, receive = [], HubState.commit
 
-    def recorded(state, repo, head, header, operations):
+    def recorded(state, repo, branch, title, operations):
         log.append(sorted(operation["value"]["path"] for operation in operations))
-        return receive(state, repo, head, header, operations)
+        return receive(state, repo, branch, title, operations)
 
     monkeypatch.setattr(HubState, "commit", recorded)
     return log
@@ -553,6 +551,9 @@ def break_export(folder: Path, how: str) -> None:
     elif how == "truncated weights":
         weights = (folder / "model.safetensors").read_bytes()
         (folder / "model.safetensors").write_bytes(weights[:-100])
+    elif how == "padded weights":
+        with (folder / "model.safetensors").open("ab") as weights:
+            weights.write(b"\0" * 8)
     elif how == "no tokenizer":
         (folder / "tokenizer_config.json").unlink()
 
@@ -564,7 +565,8 @@ def break_export(folder: Path, how: str) -> None:
         ("no auto_map", "has no auto_map"),
         ("no modeling code", "lacks code files that config.json names: modeling_vaswani.py"),
         ("no weights", r"has no weights \(model.safetensors or model.safetensors.index.json\)"),
-        ("truncated weights", "is damaged: its header describes"),
+        ("truncated weights", r"model.safetensors is not an intact safetensors file \(.*incomplete metadata"),
+        ("padded weights", r"model.safetensors is not an intact safetensors file \(.*incomplete metadata"),
         ("no tokenizer", r"has no tokenizer \(tokenizer_config.json\)"),
     ],
 )

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, pipeline
 
+from conftest import tiny_kwargs
 from vaswani import (
     VaswaniConfig,
     VaswaniForCausalLM,
@@ -40,11 +41,8 @@ def tokenizer():
 def tiny(model_class, tokenizer, **overrides):
     """A tiny model of `model_class` for `tokenizer`, in eval mode, with dropout off."""
     torch.manual_seed(0)
-    config = VaswaniConfig.from_tokenizer(
-        tokenizer, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256, dropout=0.0,
-        **overrides,
-    )  # fmt: skip
+    sizes = tiny_kwargs(vocab_size=len(tokenizer), max_position_embeddings=256, **overrides)
+    config = VaswaniConfig.from_tokenizer(tokenizer, **sizes)
     return model_class(config).eval()
 
 

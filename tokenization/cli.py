@@ -3,103 +3,63 @@
     vaswani-tokenizer train --files train.en train.es --vocab-size 37000 --out tokenizer/
     vaswani-tokenizer train --files pairs.jsonl.xz --column en es --vocab-size 8000 --out tokenizer/
 
-Plain-text files hold one example a line; `.jsonl` files one JSON object a line, whose `--column` is read
-(several columns, like `en es` above, train one vocabulary shared by both languages). Either kind may be
-compressed (`.gz`, `.bz2`, `.xz`). Blank lines are skipped. Problems with the input end the command with a
-one-line message and exit status 1.
+The files are read as `vaswani-train` reads its data (`vaswani.training.data`): `.jsonl`/`.json`, `.csv` and
+`.parquet` files give records whose `--column` is read (several columns, like `en es` above, train one vocabulary
+shared by both languages); `.txt` files, and files of any other suffix (`train.en`), hold one example a line. Any
+of them may be compressed (`.gz`, `.bz2`, `.xz`, `.zst`). Rows without text are skipped with a warning
+(`--strict-data` stops at them). Problems with the input end the command with a one-line message and exit status 1.
 """
 
 import argparse
-import bz2
-import gzip
-import json
-import lzma
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import datasets
+
+from vaswani.training.arguments import InputError
+from vaswani.training.data import data_file_format, read_data_file, usable_rows
 
 from .tokenization_vaswani import MODELS, train_tokenizer
 
 
 PROG = "vaswani-tokenizer"
-OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+TEXT = "text"  # the column of plain-text files, and the one column of the examples handed to the trainer
 
 
-class InputError(Exception):
-    """A problem with the input files, reported as one line without a traceback."""
-
-
-def open_file(path: Path, mode: str):
-    opener = OPENERS.get(path.suffix, open)
-    return opener(path, mode, **({"encoding": "utf-8"} if mode == "rt" else {}))
-
-
-def is_jsonl(path: Path) -> bool:
-    suffixes = path.suffixes[:-1] if path.suffix in OPENERS else path.suffixes
-    return suffixes[-1:] == [".jsonl"]
-
-
-def count_lines(path: Path) -> int:
-    """Non-blank lines, counted on raw bytes: cheap enough to size the progress bar and to spot empty files."""
+@contextmanager
+def datasets_quiet(progress_bars: bool) -> Iterator[None]:
+    """Silence `datasets`' own logging while reading (its reader errors reach the user as one line each), and its
+    progress bars unless asked for; both settings are global, so they are restored afterwards."""
+    verbosity, bars_were_off = datasets.logging.get_verbosity(), datasets.are_progress_bars_disabled()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    if not progress_bars:
+        datasets.disable_progress_bars()
     try:
-        with open_file(path, "rb") as lines:
-            return sum(1 for line in lines if line.strip())
-    except (OSError, EOFError, lzma.LZMAError) as error:
-        # Mostly a compressed suffix on a file that is not (or no longer whole) in that format.
-        raise InputError(f"{path}: cannot be read ({error}).") from None
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if not bars_were_off:
+            datasets.enable_progress_bars()
 
 
-def jsonl_texts(line: str, columns: list[str], location: str) -> list[str]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{location}: not valid JSON ({error.msg}).") from None
-    for column in columns:
-        if not isinstance(record, dict) or column not in record:
-            found = ", ".join(record) if isinstance(record, dict) else f"a JSON {type(record).__name__}"
-            raise InputError(f"{location}: no column {column!r} (found: {found}); choose with --column.")
-        if not isinstance(record[column], str):
-            raise InputError(f"{location}: column {column!r} holds {type(record[column]).__name__}, not text.")
-    return [record[column] for column in columns]
-
-
-def read_examples(path: Path, columns: list[str]) -> Iterator[str]:
-    """The examples of one file: its non-blank lines, or the `columns` of each of its JSON lines."""
-    jsonl = is_jsonl(path)
-    try:
-        with open_file(path, "rt") as lines:
-            for line_number, line in enumerate(lines, start=1):
-                # Only the line break goes: the byte-level tokenizer keeps all other whitespace.
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                if jsonl:
-                    yield from jsonl_texts(line, columns, f"{path}:{line_number}")
-                else:
-                    yield line
-    except UnicodeDecodeError as error:
-        raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}).") from None
-
-
-class Examples:
-    """All examples of all files, with their number, so the trainer can show a progress bar."""
-
-    def __init__(self, paths: list[Path], columns: list[str]):
-        self.paths, self.columns = paths, columns
-        self.count = 0
-        for path in paths:
-            line_count = count_lines(path)
-            if line_count == 0:
-                raise InputError(f"{path}: the file is empty (no non-blank line).")
-            self.count += line_count * (len(columns) if is_jsonl(path) else 1)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self) -> Iterator[str]:
-        for path in self.paths:
-            yield from read_examples(path, self.columns)
+def read_examples(paths: list[Path], columns: list[str], strict: bool = False) -> datasets.Dataset:
+    """The examples of all files as one `text` column: the lines of plain-text files, the `columns` of the records
+    of the others. Rows without text are skipped, or stop the command when `strict`."""
+    parts = []
+    for path in paths:
+        file_format = data_file_format(path) or "text"
+        file_columns = [TEXT] if file_format == "text" else columns
+        dataset = read_data_file(path, file_format)
+        for column in file_columns:
+            if column not in dataset.column_names:
+                found = ", ".join(dataset.column_names)
+                raise InputError(f"{path}: no column {column!r} (found: {found}); choose with --column.")
+        dataset = usable_rows(dataset, file_columns, str(path), strict)
+        parts += [dataset.select_columns([column]).rename_columns({column: TEXT}) for column in file_columns]
+    return datasets.concatenate_datasets(parts)
 
 
 def check_paths(paths: list[Path], out: Path) -> None:
@@ -118,23 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a tokenizer on text files and save it")
     train.add_argument(
-        "--files", nargs="+", type=Path, required=True, help="plain text (one example a line) or .jsonl files"
+        "--files", nargs="+", type=Path, required=True, help="plain text (one example a line), .jsonl, .csv or .parquet"
     )
     train.add_argument("--out", type=Path, required=True, help="folder to save the tokenizer in")
     train.add_argument("--vocab-size", type=int, default=37000, help="tokens, special tokens included (37000)")
     train.add_argument("--model", choices=MODELS, default="bpe", help="byte-level bpe is lossless (bpe)")
     train.add_argument(
-        "--column", nargs="+", default=["text"], help="the field(s) holding the text in .jsonl files (text)"
+        "--column", nargs="+", default=["text"], help="the field(s) holding the text in record files (text)"
     )
     train.add_argument("--min-frequency", type=int, default=2, help="fewest occurrences of a merge (2)")
     train.add_argument("--model-max-length", type=int, default=1024, help="length truncation cuts to (1024)")
+    train.add_argument("--strict-data", action="store_true", help="stop at a row without text instead of skipping it")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def train_command(args: argparse.Namespace) -> None:
     check_paths(args.files, args.out)
-    examples = Examples(args.files, args.column)
+    with datasets_quiet(progress_bars=not args.quiet):
+        examples = read_examples(args.files, args.column, args.strict_data)
     start = time.perf_counter()
     tokenizer = train_tokenizer(
         examples,

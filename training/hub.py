@@ -16,13 +16,13 @@ The Hub and the token come from huggingface_hub's usual settings (`hf auth login
 import argparse
 import json
 import re
-import struct
 import sys
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
 
 # The base class of the errors of huggingface_hub's HTTP library (httpx; httpx2 since 2.0), which it raises as they
 # are for a Hub it cannot reach.
@@ -99,28 +99,14 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def check_safetensors(path: Path) -> None:
-    """Refuse a safetensors file whose header is unreadable or whose tensors run past (or stop before) its end.
-
-    The format is an 8-byte little-endian header length, a JSON header giving each tensor's byte range, then the
-    data; a truncated or padded copy shows as a mismatch between the last range and the file size.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        prefix = handle.read(8)
-        header_length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else None
-        if header_length is None or 8 + header_length > size:
-            raise NotAnExportError(f"{path} is truncated or not a safetensors file (no complete header).")
-        try:
-            header = json.loads(handle.read(header_length))
-            tensors = [tensor for name, tensor in header.items() if name != "__metadata__"]
-            data_end = max((tensor["data_offsets"][1] for tensor in tensors), default=0)
-        except (ValueError, TypeError, KeyError, IndexError) as error:
-            raise NotAnExportError(f"{path} has an unreadable safetensors header ({error!r}).") from error
-    if 8 + header_length + data_end != size:
-        raise NotAnExportError(
-            f"{path} is damaged: its header describes {8 + header_length + data_end} bytes but the file has {size} "
-            "(truncated copy?). Export the model again."
-        )
+    """Refuse a file that the `safetensors` library cannot open: it checks that the header is complete and that the
+    tensors it describes cover the file exactly, so a truncated or padded copy fails here, not on the Hub."""
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except SafetensorError as error:
+        message = f"{path} is not an intact safetensors file ({error}): export the model again."
+        raise NotAnExportError(message) from error
 
 
 def name_repo_in_card(folder: Path, repo_id: str) -> None:
