@@ -236,15 +236,19 @@ def test_one_run_per_objective_trains_evaluates_and_exports(objective, tmp_path,
 
 
 def test_resumed_training_equals_uninterrupted_training(tmp_path, pairs_file, tokenizer):
-    """N steps == N/2 steps + resume + N/2 steps: same data order, dropout masks, optimiser and schedule."""
+    """N steps == resume from the checkpoint the run saved at N/2 (as after a kill) + N/2 steps: same data order,
+    dropout masks, optimiser and schedule, and the same log (the loss logged at step 4 averages steps 3 and 4
+    although the run resumed after step 3)."""
     tokenizer.save_pretrained(tmp_path / "tokenizer")
-    common = ["--dataset", str(pairs_file), "--tokenizer", str(tmp_path / "tokenizer"), "--save-steps", "3"]
+    common = ["--dataset", str(pairs_file), "--tokenizer", str(tmp_path / "tokenizer"), "--save-steps", "3",
+              "--logging-steps", "2"]  # fmt: skip
     uninterrupted = run(tiny_args(tmp_path / "a", *common, "--max-steps", "6"))
-    run(tiny_args(tmp_path / "b", *common, "--max-steps", "3"))
-    resumed = run(tiny_args(tmp_path / "b", *common, "--max-steps", "6", "--resume", "latest"))
-    assert [entry["loss"] for entry in resumed.state.train_log] == [entry["loss"] for entry in uninterrupted.state.train_log]
+    midway = tmp_path / "a" / "checkpoints" / "step-0000003"
+    after_kill = run(tiny_args(tmp_path / "c", *common, "--max-steps", "6", "--resume", str(midway)))
+    assert [entry["step"] for entry in after_kill.state.train_log] == [2, 4, 6]
+    assert after_kill.state.train_log == uninterrupted.state.train_log
     weights_a = load_file(uninterrupted.model_dir / "model.safetensors")
-    weights_b = load_file(resumed.model_dir / "model.safetensors")
+    weights_b = load_file(after_kill.model_dir / "model.safetensors")
     for name, weight in weights_a.items():
         assert torch.equal(weight, weights_b[name]), name
 
@@ -256,7 +260,7 @@ def test_an_interrupted_save_leaves_the_latest_checkpoint_intact(tmp_path, pairs
     (root / "tmp-step-0000003").mkdir()  # a save killed before its rename: never named by `latest`
     (root / "tmp-step-0000003" / "optimizer.bin").write_bytes(b"truncated")
     assert resolve_resume(tiny_args(tmp_path, "--resume", "latest")) == root / "step-0000002"
-    with pytest.raises(FileNotFoundError, match="is not a checkpoint folder"):
+    with pytest.raises(ValueError, match="is not a checkpoint folder"):
         resolve_resume(tiny_args(tmp_path, "--resume", str(root / "tmp-step-0000003")))
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from vaswani.training.arguments import parse_arguments
+from vaswani.training.arguments import InputError, parse_arguments
 from vaswani.training.run import RunResult, run, run_main_job
 
 
@@ -32,9 +32,15 @@ def comparison_report(output_dir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_arguments(argv)
-    compares = args.compares_warm_start()
-    result = run_main_job(args) if compares else run(args)
+    try:
+        args = parse_arguments(argv)
+        compares = args.compares_warm_start()
+        result = run_main_job(args) if compares else run(args)
+    except InputError as error:  # a flag, file, dataset or checkpoint to fix: the message says which and how
+        if PartialState().is_main_process:
+            print(f"vaswani-train: error: {error}", file=sys.stderr)
+        PartialState().destroy_process_group()
+        return 2
     if PartialState().is_main_process:
         print(("\n" + comparison_report(args.output_dir) if compares else "") + report(result))
     PartialState().destroy_process_group()

@@ -5,11 +5,23 @@ Transformer trained on a laptop CPU in about a quarter of an hour. The optimiser
 (§5.3: Adam with beta2 0.98 and eps 1e-9, linear warm-up then inverse square root).
 """
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from transformers import HfArgumentParser
+import torch
+from transformers import HfArgumentParser, SchedulerType
+
+from vaswani.training.presets import apply_preset, check_recipe_arguments, explicit_options
 
 OBJECTIVES = ("seq2seq", "mlm", "clm")
+SCHEDULERS = ("inverse_sqrt", "linear", "cosine", "constant_with_warmup")
+HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # `name` or `owner/name`; anything else can only be a local path
+
+
+class InputError(ValueError):
+    """Something the run was given (a flag, a file, the data, a checkpoint) cannot be used: the message names it and
+    the fix, and `vaswani-train` prints it without a traceback."""
 
 
 @dataclass
@@ -34,6 +46,10 @@ class TrainArguments:
     text_column: str = field(default="text", metadata={"help": "mlm/clm: the column of text."})
     validation_fraction: float = field(
         default=0.01, metadata={"help": "Held-out fraction when the dataset has no validation split."}
+    )
+    strict_data: bool = field(
+        default=False,
+        metadata={"help": "Stop at the first row whose text is missing, null or blank, instead of skipping such rows."},
     )
     output_dir: str = field(default="outputs/vaswani-en-es", metadata={"help": "Checkpoints, logs, plot, final model."})
 
@@ -69,7 +85,9 @@ class TrainArguments:
 
     # Optimisation
     max_steps: int = field(default=2000, metadata={"help": "Optimiser steps."})
-    batch_size: int = field(default=32, metadata={"help": "Examples per step on each process, before accumulation."})
+    batch_size: int = field(
+        default=32, metadata={"help": "Examples per step on each process, before accumulation (see --max-tokens)."}
+    )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step."})
     learning_rate: float = field(
         default=1e-3,
@@ -81,14 +99,15 @@ class TrainArguments:
     warmup_steps: int = field(default=200, metadata={"help": "Linear warm-up steps."})
     lr_scheduler: str = field(
         default="inverse_sqrt",
-        metadata={"help": "inverse_sqrt (the paper's), linear, cosine or constant_with_warmup."},
+        metadata={"help": "inverse_sqrt (the paper's), linear, cosine or constant_with_warmup.", "choices": SCHEDULERS},
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (the paper uses none)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
     mixed_precision: str = field(
         default="auto",
         metadata={
-            "help": "no, fp16, bf16, or auto: bf16 where the GPU supports it, else no.",
+            "help": "no, fp16, bf16, or auto: bf16 where the GPU supports it, else no. fp16 needs a GPU; bf16 on a "
+            "CPU runs under CPU autocast.",
             "choices": ("auto", "no", "fp16", "bf16"),
         },
     )
@@ -103,26 +122,122 @@ class TrainArguments:
     length_penalty: float = field(default=0.6, metadata={"help": "Beam-search length penalty (the paper's: 0.6)."})
     max_eval_examples: int | None = field(default=None, metadata={"help": "Cap the examples translated for BLEU."})
     resume: str | None = field(
-        default=None, metadata={"help": "Resume from this checkpoint folder, or 'latest' in --output-dir."}
+        default=None,
+        metadata={
+            "help": "Resume from this checkpoint folder, or from the latest in --output-dir ('latest': from scratch, "
+            "or from --init-*, while there is none)."
+        },
     )
     push_to_hub: str | None = field(default=None, metadata={"help": "Push the final model to this Hub repo id."})
 
+    # The paper's recipe at scale (training/presets.py, batching.py, averaging.py)
+    preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "base or big: the paper's WMT14 recipe (Table 3 model, shared 37000-token vocabulary, warm-up "
+            "4000 with the paper's learning rate, label smoothing 0.1, ~25000 source + 25000 target tokens per step, "
+            "checkpoints averaged at the end). Options given explicitly override the preset.",
+            "choices": ("base", "big"),
+        },
+    )
+    max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Token-count batching, replacing --batch-size: each batch holds examples of similar length, at "
+            "most N padded tokens per side (source and target) on each process, before accumulation."
+        },
+    )
+    average_last: int = field(
+        default=0, metadata={"help": "Final model: the parameter mean of the last N checkpoints (§6.1); 0: off."}
+    )
+    keep_best: bool = field(
+        default=False,
+        metadata={"help": "Final model: the checkpoint with the best --metric-for-best (never pruned), not the last."},
+    )
+    metric_for_best: str = field(
+        default="loss",
+        metadata={
+            "help": "loss (validation loss) or bleu (BLEU of validation translations, measured every --eval-steps "
+            "unless --eval-bleu-steps says otherwise), for --keep-best and --early-stopping.",
+            "choices": ("loss", "bleu"),
+        },
+    )
+    early_stopping: int = field(
+        default=0, metadata={"help": "Stop after N evaluations without improving --metric-for-best; 0: off."}
+    )
+    eval_bleu_steps: int = field(
+        default=0,
+        metadata={"help": "seq2seq: BLEU of validation translations every N steps (beam and length penalty as for "
+                  "testing; 0: off)."},
+    )  # fmt: skip
+    eval_bleu_examples: int = field(
+        default=200, metadata={"help": "Validation sentences translated for --eval-bleu-steps (keeps it cheap)."}
+    )
+    tokenizer_sample: int | None = field(
+        default=None, metadata={"help": "Train the tokenizer on N random training examples instead of all."}
+    )
+
     def __post_init__(self):
+        """Every option is checked here, before any work: a bad one fails in a second, not after training."""
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}.")
+            raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}.")
         if self.dataset is None:
             self.dataset = "bible-en-es" if self.objective == "seq2seq" else "bible-en"
         if self.label_smoothing is None:
             self.label_smoothing = 0.1 if self.objective == "seq2seq" else 0.0
-        if self.objective != "seq2seq" and (self.init_encoder or self.init_decoder):
-            raise ValueError("--init-encoder and --init-decoder warm-start a seq2seq model; use --init-model.")
-        if self.learning_rate < 0:
-            raise ValueError(f"--learning-rate must be positive (or 0 for the paper's), got {self.learning_rate}.")
-        if self.pretrain_steps < 0:
-            raise ValueError(f"--pretrain-steps must be 0 or more, got {self.pretrain_steps}.")
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps", "max_length"):
+        self.check_numbers()
+        self.check_combinations()
+        self.check_paths()
+        check_recipe_arguments(self)
+
+    def check_numbers(self) -> None:
+        positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps", "max_length",
+                    "logging_steps", "num_beams", "vocab_size", "d_model", "layers", "heads", "ffn_dim")  # fmt: skip
+        for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}.")
+                raise InputError(f"{flag(name)} must be positive, got {getattr(self, name)}.")
+        for name in ("pretrain_steps", "warmup_steps", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{flag(name)} must be 0 or more, got {getattr(self, name)}.")
+        if self.learning_rate < 0:
+            raise InputError(f"--learning-rate must be positive (or 0 for the paper's), got {self.learning_rate}.")
+        if self.max_grad_norm < 0:
+            raise InputError(f"--max-grad-norm must be positive, or 0 to disable clipping; got {self.max_grad_norm}.")
+        if self.save_total_limit < 1:
+            raise InputError(f"--save-total-limit must be 1 or more (a resume needs one), got {self.save_total_limit}.")
+        if self.max_eval_examples is not None and self.max_eval_examples < 1:
+            raise InputError(f"--max-eval-examples must be 1 or more (omit it for all), got {self.max_eval_examples}.")
+        for name in ("dropout", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise InputError(f"{flag(name)} is a probability in [0, 1), got {getattr(self, name)}.")
+        if not 0 < self.validation_fraction < 1:
+            raise InputError(f"--validation-fraction must be between 0 and 1, got {self.validation_fraction}.")
+        if self.d_model % self.heads:
+            raise InputError(f"--d-model ({self.d_model}) must be a multiple of --heads ({self.heads}).")
+
+    def check_combinations(self) -> None:
+        if self.objective != "seq2seq" and (self.init_encoder or self.init_decoder):
+            raise InputError("--init-encoder and --init-decoder warm-start a seq2seq model; use --init-model.")
+        if self.lr_scheduler not in SCHEDULERS or self.lr_scheduler not in {kind.value for kind in SchedulerType}:
+            raise InputError(f"--lr-scheduler must be one of {', '.join(SCHEDULERS)}, got {self.lr_scheduler!r}.")
+        # Refused rather than run in fp32: Accelerate would silently train without fp16 on a CPU.
+        if self.mixed_precision == "fp16" and not torch.accelerator.is_available():
+            raise InputError(
+                "--mixed-precision fp16 needs a GPU and this machine has none: use --mixed-precision bf16 (CPU "
+                "autocast) or no."
+            )
+        if self.resume not in (None, "latest") and self.compares_warm_start():
+            raise InputError(
+                "--resume FOLDER names one run's checkpoint, but the main job (--pretrain-steps > 0) makes four runs: "
+                "use --resume latest, which resumes each of them, or --pretrain-steps 0."
+            )
+
+    def check_paths(self) -> None:
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise InputError(f"--output-dir {self.output_dir} is a file; name a folder (it is created if missing).")
+        for name, required in (("tokenizer", "tokenizer.json"), ("init_model", "config.json"),
+                               ("init_encoder", "config.json"), ("init_decoder", "config.json")):  # fmt: skip
+            check_local_or_hub(flag(name), getattr(self, name), required)
 
     def compares_warm_start(self) -> bool:
         return self.objective == "seq2seq" and self.pretrain_steps > 0 and not (
@@ -136,8 +251,27 @@ class TrainArguments:
         return self.d_model**-0.5 * max(self.warmup_steps, 1) ** -0.5
 
 
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_local_or_hub(option: str, value: str | None, required_file: str) -> None:
+    """A folder that exists must hold `required_file`; a name that is no folder must at least look like a Hub repo
+    id (else the Hub client's "Repo id must be in the form..." would hide that a local folder is missing)."""
+    if value is None:
+        return
+    path = Path(value)
+    if path.is_dir() and not (path / required_file).is_file():
+        kind = "tokenizer" if required_file == "tokenizer.json" else "model"
+        raise InputError(f"{option} {value} has no {required_file}, so it is not a saved {kind} folder.")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {value} is a file; give the folder it was saved to.")
+    if not path.exists() and (path.is_absolute() or value.startswith((".", "~")) or not HUB_REPO_ID.fullmatch(value)):
+        raise InputError(f"{option} {value}: no such folder (and not a Hub repo id of the form owner/name).")
+
+
 def parse_arguments(argv: list[str] | None = None) -> TrainArguments:
     """Parse the command line (`--max-steps 100` and `--max_steps 100` both work)."""
     parser = HfArgumentParser(TrainArguments, prog="vaswani-train", description="Train a Vaswani Transformer with Accelerate.")
     (arguments,) = parser.parse_args_into_dataclasses(args=argv)
-    return arguments
+    return apply_preset(arguments, explicit_options(parser, argv))

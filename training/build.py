@@ -1,11 +1,15 @@
 """The tokenizer and the model of a run: loaded, trained, or warm-started from other views' checkpoints."""
 
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer
 
 from vaswani.configuration import VaswaniConfig
 from vaswani.modeling import VaswaniForCausalLM, VaswaniForConditionalGeneration, VaswaniForMaskedLM
 from vaswani.tokenization import causal_lm_tokenizer, train_tokenizer
-from vaswani.training.arguments import TrainArguments
+from vaswani.training.arguments import InputError, TrainArguments
+from vaswani.training.loop import TOKENIZER
 
 MODEL_CLASSES = {"seq2seq": VaswaniForConditionalGeneration, "mlm": VaswaniForMaskedLM, "clm": VaswaniForCausalLM}
 
@@ -19,11 +23,69 @@ def tokenizer_texts(dataset, args: TrainArguments):
     return train[args.text_column]
 
 
-def build_tokenizer(args: TrainArguments, dataset):
-    """The tokenizer named by --tokenizer, or one trained here on the training split."""
-    if args.tokenizer is not None:
-        return AutoTokenizer.from_pretrained(args.tokenizer)
-    return train_tokenizer(tokenizer_texts(dataset, args), vocab_size=args.vocab_size, model_max_length=args.max_length)
+def build_tokenizer(args: TrainArguments, dataset, checkpoint: Path | None = None):
+    """The tokenizer saved with the weights the run starts from (the resumed `checkpoint`'s, or --init-model's or
+    --init-encoder's folder), else the one named by --tokenizer, else one trained here on the training split.
+
+    Weights only mean something with the tokenizer they were trained with, so a saved one always wins, and a
+    --tokenizer whose vocabulary differs from it is refused rather than silently paired with the weights.
+    """
+    saved = saved_tokenizer_location(args, checkpoint)
+    if saved is None and args.tokenizer is None:
+        texts = tokenizer_texts(dataset, args)
+        return train_tokenizer(texts, vocab_size=args.vocab_size, model_max_length=args.max_length)
+    tokenizer = load_tokenizer(saved or args.tokenizer)
+    if saved is not None and args.tokenizer is not None:
+        check_same_vocabulary(load_tokenizer(args.tokenizer), tokenizer, f"--tokenizer {args.tokenizer}", saved)
+    decoder = Path(args.init_decoder or "")
+    if checkpoint is None and args.init_decoder and (decoder / "tokenizer.json").is_file():
+        given = load_tokenizer(str(decoder))
+        check_same_vocabulary(given, tokenizer, f"The tokenizer of --init-decoder {decoder}", saved or args.tokenizer)
+    return tokenizer
+
+
+def saved_tokenizer_location(args: TrainArguments, checkpoint: Path | None) -> str | None:
+    """Where the tokenizer of the starting weights is; None when the run starts from new weights. Without a saved
+    tokenizer, --tokenizer must name it (a tokenizer trained here would assign other tokens to the ids)."""
+    if checkpoint is not None:
+        location, source = checkpoint / TOKENIZER, f"Checkpoint {checkpoint}"
+    elif args.init_model or args.init_encoder:
+        location = Path(args.init_model or args.init_encoder)
+        source = "--init-model" if args.init_model else "--init-encoder"
+        if not location.is_dir():  # a Hub repo id: its tokenizer is fetched with it
+            return str(location)
+    else:
+        if args.init_decoder and args.tokenizer is None:  # a causal-LM export's tokenizer pads on the left
+            raise InputError(
+                f"--init-decoder {args.init_decoder} without --init-encoder: pass the tokenizer the decoder was "
+                "trained with as --tokenizer (its causal-LM export holds a prompt tokenizer, unfit for an encoder)."
+            )
+        return None
+    if (location / "tokenizer.json").is_file():
+        return str(location)
+    if args.tokenizer is None:
+        raise InputError(
+            f"{source} {location} comes without a tokenizer (tokenizer.json): pass the tokenizer its weights were "
+            "trained with as --tokenizer."
+        )
+    return None
+
+
+def load_tokenizer(location: str):
+    try:
+        return AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError) as error:
+        raise InputError(f"Could not load a tokenizer from {location}: {error}") from error
+
+
+def check_same_vocabulary(given, saved, given_name: str, saved_location: str) -> None:
+    given_vocabulary, saved_vocabulary = given.get_vocab(), saved.get_vocab()
+    if given_vocabulary != saved_vocabulary:
+        differing = sum(saved_vocabulary.get(token) != index for token, index in given_vocabulary.items())
+        raise InputError(
+            f"{given_name} does not match the tokenizer saved with the weights in {saved_location} ({differing} of "
+            f"{len(given_vocabulary)} tokens have other ids): leave out --tokenizer to use the saved one."
+        )
 
 
 def tokenizer_for_data(tokenizer, objective: str):
@@ -58,7 +120,7 @@ def build_model(args: TrainArguments, tokenizer):
     if args.init_encoder or args.init_decoder:
         model = warm_start(args.init_encoder, args.init_decoder, label_smoothing=args.label_smoothing)
     elif args.init_model:
-        model = model_class.from_pretrained(args.init_model, label_smoothing=args.label_smoothing)
+        model = load_pretrained(model_class, args.init_model, "--init-model", label_smoothing=args.label_smoothing)
     else:
         model = model_class(model_config(args, tokenizer))
     model.config.check_tokenizer(tokenizer)
@@ -74,15 +136,43 @@ def warm_start(encoder_checkpoint: str | None, decoder_checkpoint: str | None, *
     """
     if encoder_checkpoint is None and decoder_checkpoint is None:
         raise ValueError("warm_start needs an encoder checkpoint, a decoder checkpoint, or both.")
-    base = VaswaniForConditionalGeneration.from_pretrained(encoder_checkpoint or decoder_checkpoint, **config_overrides)
+    option = "--init-encoder" if encoder_checkpoint else "--init-decoder"
+    first = encoder_checkpoint or decoder_checkpoint
+    base = load_pretrained(VaswaniForConditionalGeneration, first, option, **config_overrides)
     if encoder_checkpoint and decoder_checkpoint:
-        decoder_source = VaswaniForCausalLM.from_pretrained(decoder_checkpoint)
+        decoder_source = load_pretrained(VaswaniForCausalLM, decoder_checkpoint, "--init-decoder")
         check_same_architecture(base.config, decoder_source.config, decoder_checkpoint)
         missing, unexpected = base.model.decoder.load_state_dict(decoder_source.model.decoder.state_dict(), strict=False)
         if unexpected or any("cross_attn" not in key for key in missing):
             raise ValueError(f"{decoder_checkpoint} does not fit this decoder: missing {missing}, unexpected {unexpected}")
         base.model.shared.weight.data.copy_(decoder_source.model.shared.weight.data)
     return base
+
+
+def load_pretrained(model_class, location: str, option: str = "a checkpoint", **config_overrides):
+    """`from_pretrained`, after checking that a local folder has a config and readable weights: transformers would
+    fall back to a default config (and fail on sizes) or name no file when a safetensors file is truncated."""
+    folder = Path(location)
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise InputError(f"{option} {folder} has no config.json, so it is not a saved model folder.")
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            raise InputError(f"{option} {folder} has no model weights (*.safetensors).")
+        for file in weights:
+            check_safetensors(file)
+    try:
+        return model_class.from_pretrained(location, **config_overrides)
+    except OSError as error:  # a Hub id that cannot be fetched, or a file the checks above could not see
+        raise InputError(f"{option} {location}: {error}") from error
+
+
+def check_safetensors(file: Path) -> None:
+    try:
+        with safe_open(file, "pt") as weights:
+            weights.keys()
+    except (SafetensorError, OSError) as error:
+        raise InputError(f"{file} is damaged or truncated ({error}); export or download it again.") from error
 
 
 def check_same_architecture(config: VaswaniConfig, other: VaswaniConfig, checkpoint: str) -> None:

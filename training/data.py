@@ -1,11 +1,19 @@
 """Data for training: load a dataset (embedded, Hub or local files), check it, tokenize it, batch it.
 
+Bad data gets a message that names the file and the row, never a pyarrow, pandas or tokenizers traceback. A file
+that cannot be read at all (empty, not UTF-8, a CSV row with more or fewer fields than the header) stops the run at
+that line; so does a value that is not text. A row whose text is missing, null or blank is skipped, counted in a
+warning, unless `strict` (`--strict-data`) makes it an error too: blank lines in text files are common and harmless,
+but a user who expects clean data should be able to ask for a stop.
+
 Pure functions over `datasets` (no Accelerator here). Tokenization runs through `Dataset.map(batched=True)`,
 which caches its results next to file-backed datasets. Batches come from transformers' collators:
 `DataCollatorForSeq2Seq` (pads labels with -100 and builds decoder inputs from them) and
 `DataCollatorForLanguageModeling` (BERT's 15% masking, 80/10/10, for mlm; labels = inputs for clm).
 """
 
+import csv
+import logging
 from pathlib import Path
 
 import datasets
@@ -14,43 +22,147 @@ from datasets import Dataset, DatasetDict
 from transformers import DataCollatorForLanguageModeling, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from vaswani.training.arguments import InputError
 from vaswani.training.corpus import load_english_corpus, load_parallel_corpus
 
 EMBEDDED_DATASETS = {"bible-en-es": load_parallel_corpus, "bible-en": load_english_corpus}
 FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # datasets decompresses these itself
 MLM_PROBABILITY = 0.15  # BERT's masking rate
+logger = logging.getLogger(__name__)
 
 
-def load_raw_dataset(name: str, config: str | None = None, validation_fraction: float = 0.01, seed: int = 42):
-    """The named dataset as a DatasetDict with `train` and `validation` (and `test` when it has one)."""
+def load_raw_dataset(
+    name: str,
+    config: str | None = None,
+    validation_fraction: float = 0.01,
+    seed: int = 42,
+    text_columns: list[str] | None = None,
+    strict: bool = False,
+):
+    """The named dataset as a DatasetDict with `train` and `validation` (and `test` when it has one), without the
+    rows whose `text_columns` hold no text (or, with `strict`, an error at the first such row)."""
     if name in EMBEDDED_DATASETS:
         return EMBEDDED_DATASETS[name]()
     path = Path(name)
-    dataset = load_local_files(path) if path.exists() else load_hub_dataset(name, config)
+    if path.exists():
+        dataset = load_local_files(path, text_columns or [], strict)
+    else:
+        hub = load_hub_dataset(name, config)
+        columns = text_columns or []
+        dataset = DatasetDict(
+            {split: usable_rows(rows, columns, f"{name} ({split} split)", strict) for split, rows in hub.items()}
+        )
     return with_validation_split(dataset, validation_fraction, seed)
 
 
 def load_hub_dataset(name: str, config: str | None) -> DatasetDict:
     try:
-        return datasets.load_dataset(name, config)
+        # WMT and OPUS datasets hold a pair in one `translation` column of {language: text}: flattened, its texts are
+        # the columns `translation.en`, `translation.de` (--source-column translation.en).
+        return datasets.load_dataset(name, config).flatten()
     except Exception as error:  # datasets raises many types; the user needs the name and the cause
-        raise ValueError(
+        raise InputError(
             f"Could not load dataset {name!r}: no such local file or folder, and the Hub said: {error}"
         ) from error
 
 
-def load_local_files(path: Path) -> DatasetDict:
-    """Text (one example per line), JSON/JSON-lines, CSV or Parquet files; a folder holds files of one format."""
-    files = sorted(p for p in path.iterdir() if p.suffix in FILE_FORMATS) if path.is_dir() else [path]
-    formats = {FILE_FORMATS.get(file.suffix) for file in files}
+def data_file_format(path: Path) -> str | None:
+    """The `datasets` builder that reads `path`, by its suffix under any compression one (`a.jsonl.xz` -> json)."""
+    suffixes = path.suffixes[:-1] if path.suffix in COMPRESSIONS else path.suffixes
+    return FILE_FORMATS.get(suffixes[-1] if suffixes else "")
+
+
+def load_local_files(path: Path, text_columns: list[str] | None = None, strict: bool = False) -> DatasetDict:
+    """Text (one example per line), JSON/JSON-lines, CSV or Parquet files, maybe compressed; a folder holds files
+    of one format. Each file is read on its own, so that a bad row is named by its file and row number."""
+    files = sorted(p for p in path.iterdir() if data_file_format(p)) if path.is_dir() else [path]
+    formats = {data_file_format(file) for file in files}
     if not files or None in formats:
-        raise ValueError(f"{path} holds no readable data file; use {', '.join(FILE_FORMATS)} files.")
+        raise InputError(f"{path} holds no readable data file; use {', '.join(FILE_FORMATS)} files.")
     if len(formats) > 1:
-        raise ValueError(f"{path} mixes file formats ({', '.join(sorted(formats))}); keep one format per folder.")
+        raise InputError(f"{path} mixes file formats ({', '.join(sorted(formats))}); keep one format per folder.")
+    file_format = formats.pop()
+    parts = [usable_rows(read_data_file(file, file_format), text_columns or [], str(file), strict) for file in files]
     try:
-        return datasets.load_dataset(formats.pop(), data_files={"train": [str(file) for file in files]})
-    except Exception as error:  # a malformed file surfaces as one of several arrow/json/csv errors
-        raise ValueError(f"Could not read {path}: {error}") from error
+        train = datasets.concatenate_datasets([part.cast(parts[0].features) for part in parts])
+    except (ValueError, TypeError) as error:  # arrow cannot align the files' columns
+        raise InputError(f"The files of {path} do not share their columns and types: {error}") from error
+    return DatasetDict({"train": train})
+
+
+def read_data_file(file: Path, file_format: str) -> Dataset:
+    if problem := text_file_problem(file, file_format):
+        raise InputError(problem)
+    try:
+        dataset = datasets.load_dataset(file_format, data_files=str(file), split="train")
+    except Exception as error:  # arrow, pandas, json and the codecs each raise their own types
+        while error.__cause__ or error.__context__:  # the innermost error says what the parser met
+            error = error.__cause__ or error.__context__
+        raise InputError(f"Could not read {file}: {type(error).__name__}: {error}") from error
+    if len(dataset) == 0:
+        raise InputError(f"{file} holds no examples.")
+    return dataset
+
+
+def text_file_problem(file: Path, file_format: str) -> str | None:
+    """What makes a text, JSON or CSV file unreadable, found before `datasets` reads it: arrow's JSON reader takes
+    bytes that are not UTF-8 and fails only later, on access, and pandas fills a short CSV row with nulls (so it
+    would be skipped as a row without text, hiding a broken quote that shifts the columns of the rows after it)."""
+    if file.stat().st_size == 0:
+        return f"{file} is empty."
+    if file_format == "parquet" or file.suffix in COMPRESSIONS:
+        return None
+    with file.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return (f"{file} line {number} is not UTF-8 text (byte {line[bad.start]:#04x} at column "
+                        f"{bad.start + 1}); save the file as UTF-8.")  # fmt: skip
+    return ragged_csv_row(file) if file_format == "csv" else None
+
+
+def ragged_csv_row(file: Path) -> str | None:
+    with file.open(newline="", encoding="utf-8") as text:
+        rows = csv.reader(text)
+        header = next(rows, [])
+        for row in rows:
+            if row and len(row) != len(header):
+                return (f"{file} line {rows.line_num} has {len(row)} fields but the header has {len(header)}; quote "
+                        'fields that contain commas ("a, b").')  # fmt: skip
+    return None
+
+
+def usable_rows(dataset: Dataset, columns: list[str], origin: str, strict: bool) -> Dataset:
+    """`dataset` without the rows whose `columns` hold no text (missing, null or blank), with a warning that counts
+    them; `strict` stops at the first instead. A value that is not text always stops: the column is not what the
+    run was told it is."""
+    columns = [column for column in columns if column in dataset.column_names]
+    skipped = []
+    for start in range(0, len(dataset) if columns else 0, 10_000):
+        batch = dataset.select_columns(columns)[start : start + 10_000]
+        for offset, values in enumerate(zip(*(batch[column] for column in columns))):
+            row = start + offset + 1
+            for column, value in zip(columns, values):
+                if value is not None and not isinstance(value, str):
+                    raise InputError(f"{origin} row {row}: {column} holds {value!r:.60}, not text.")
+                if (value is None or not value.strip()) and strict:
+                    raise InputError(
+                        f"{origin} row {row}: {column} is missing or blank; fix or remove the row, or leave out "
+                        "--strict-data to skip such rows."
+                    )
+            if any(value is None or not value.strip() for value in values):
+                skipped.append(row - 1)
+    if not skipped:
+        return dataset
+    if len(skipped) == len(dataset):
+        raise InputError(f"{origin}: no row has text in {', '.join(columns)}.")
+    logger.warning(
+        f"{origin}: skipped {len(skipped)} of {len(dataset)} rows whose {' or '.join(columns)} is missing or blank "
+        "(--strict-data stops at them instead)."
+    )
+    return dataset.select(sorted(set(range(len(dataset))) - set(skipped)))
 
 
 def with_validation_split(dataset: DatasetDict, fraction: float, seed: int) -> DatasetDict:
@@ -59,7 +171,7 @@ def with_validation_split(dataset: DatasetDict, fraction: float, seed: int) -> D
         return dataset
     check_not_empty(dataset["train"], "train")
     if not 0 < fraction < 1 or len(dataset["train"]) < 2:
-        raise ValueError(f"Cannot hold out a validation fraction of {fraction} from {len(dataset['train'])} examples.")
+        raise InputError(f"Cannot hold out a validation fraction of {fraction} from {len(dataset['train'])} examples.")
     split = dataset["train"].train_test_split(test_size=fraction, seed=seed)
     return DatasetDict({**dataset, "train": split["train"], "validation": split["test"]})
 
@@ -68,17 +180,26 @@ def check_columns(dataset: DatasetDict, columns: list[str]) -> None:
     available = dataset["train"].column_names
     missing = [column for column in columns if column not in available]
     if missing:
-        raise ValueError(f"The dataset has no column {', '.join(missing)}; its columns are {', '.join(available)}.")
+        raise InputError(f"The dataset has no column {', '.join(missing)}; its columns are {', '.join(available)}.")
 
 
 def check_not_empty(dataset: Dataset, split: str) -> None:
     if len(dataset) == 0:
-        raise ValueError(f"The {split} split of the dataset is empty.")
+        raise InputError(f"The {split} split of the dataset is empty.")
+
+
+def rows_with_text(dataset: DatasetDict, columns: list[str]) -> DatasetDict:
+    """Every split without its rows that hold no text (already gone when `load_raw_dataset` was given the columns):
+    tokenizers would fail on a null with a bare TypeError."""
+    return DatasetDict(
+        {split: usable_rows(rows, columns, f"The {split} split", False) for split, rows in dataset.items()}
+    )
 
 
 def tokenize_pairs(dataset: DatasetDict, tokenizer, source: str, target: str, max_length: int) -> DatasetDict:
     """Source ids as `input_ids` and target ids as `labels` (`A </s>`), both truncated to `max_length`."""
     check_columns(dataset, [source, target])
+    dataset = rows_with_text(dataset, [source, target])
 
     def encode(batch):
         return tokenizer(batch[source], text_target=batch[target], max_length=max_length, truncation=True)
@@ -90,6 +211,7 @@ def tokenize_pairs(dataset: DatasetDict, tokenizer, source: str, target: str, ma
 def tokenize_blocks(dataset: DatasetDict, tokenizer, column: str, block_size: int) -> DatasetDict:
     """Texts concatenated and cut into blocks of `block_size` tokens (the tail that fills no block is dropped)."""
     check_columns(dataset, [column])
+    dataset = rows_with_text(dataset, [column])
 
     def encode(batch):
         return {"input_ids": tokenizer(batch[column])["input_ids"]}

@@ -11,16 +11,22 @@ from vaswani.training.loop import evaluate_loss
 EXAMPLES_SHOWN = 5
 
 
-def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-    """Corpus BLEU and chrF with sacrebleu's defaults, one reference per hypothesis.
+def corpus_scores(hypotheses: list[str], references: list[str], signatures: bool = False) -> dict:
+    """Corpus BLEU and chrF with sacrebleu's defaults (its own 13a tokenization of the detokenized text), one
+    reference per hypothesis; with `signatures`, also sacrebleu's signature of each score (`bleu_signature`:
+    "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:..."), which papers quote so that scores compare.
 
     sacrebleu is called directly: `evaluate.load("sacrebleu")` fetches its script from the Hub, which an offline
     machine cannot reach.
     """
-    return {
-        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
+    scores = {
+        "bleu": bleu.corpus_score(hypotheses, [references]).score,
+        "chrf": chrf.corpus_score(hypotheses, [references]).score,
     }
+    if signatures:  # known only once scored (the number of references is part of it)
+        scores.update(bleu_signature=str(bleu.get_signature()), chrf_signature=str(chrf.get_signature()))
+    return scores
 
 
 def translation_metrics(model, tokenizer, dataset, args: TrainArguments, accelerator) -> tuple[dict, list[dict]]:
@@ -34,7 +40,7 @@ def translation_metrics(model, tokenizer, dataset, args: TrainArguments, acceler
             num_beams=args.num_beams, length_penalty=args.length_penalty, max_new_tokens=args.max_length + 50,
         )  # fmt: skip
     hypotheses = gather_object(hypotheses)
-    metrics = {**corpus_scores(hypotheses, references), "translated_examples": count}
+    metrics = {**corpus_scores(hypotheses, references, signatures=True), "translated_examples": count}
     examples = [
         {"source": source, "reference": reference, "translation": hypothesis}
         for source, reference, hypothesis in list(zip(sources, references, hypotheses))[:EXAMPLES_SHOWN]

@@ -7,7 +7,10 @@ classes, and local code wins over `auto_map`).
 """
 
 import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -43,16 +46,18 @@ def save_for_hub(
     training_arguments=None,
     card: dict | None = None,
     max_shard_size: str = "2GB",
+    state_dict: dict | None = None,
 ) -> Path:
     """Write `model` and `tokenizer` to `folder` as the Hub serves them, with a model card of `metrics`.
 
     `card` fills the model card: `model_name`, `repo_id`, `language` (list), `datasets` (list), `dataset_name`,
     `eval_split`, `license`, `description`, `data` (sources and licences), `training` (text), `examples` (list of
-    dicts) and `plot` (an image file to copy in). Weights are safetensors, sharded above `max_shard_size`.
+    dicts) and `plot` (an image file to copy in). Weights are safetensors, sharded above `max_shard_size`; pass
+    `state_dict` when `model` is sharded over processes (FSDP, DeepSpeed ZeRO-3): its gathered full weights.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    model.save_pretrained(folder, max_shard_size=max_shard_size, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
     add_auto_map(folder / "config.json", pipeline_vaswani.CUSTOM_PIPELINES if model.config.is_encoder_decoder else None)
     for code_file in CODE_FILES:
@@ -68,6 +73,27 @@ def save_for_hub(
         card["plot"] = Path(card["plot"]).name
     model_card(model, metrics, card).save(folder / "README.md")
     return folder
+
+
+@contextmanager
+def replacing_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of `folder` to write into; when the block ends without error, the temporary
+    takes the place of `folder` by renames. A run killed at any moment leaves the previous complete folder (possibly
+    moved aside to `.NAME.old` for an instant) or the new one, never a half-written one that fails to load."""
+    folder = Path(folder)
+    temporary, previous = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    for leftover in (temporary, previous):
+        shutil.rmtree(leftover, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if folder.exists():
+        os.replace(folder, previous)
+    os.replace(temporary, folder)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def add_auto_map(config_path: Path, custom_pipelines: dict | None = None) -> None:
@@ -112,7 +138,9 @@ def model_card(model, metrics: dict, card: dict) -> ModelCard:
         model_name=card_data.model_name,
         parameters=f"{sum(parameter.numel() for parameter in model.parameters()):,}",
         config=config,
-        metrics={METRIC_NAMES.get(name, name): value for name, value in metrics.items()},
+        # A "|" in a text value (sacreBLEU's signatures) would end the Markdown table cell.
+        metrics={METRIC_NAMES.get(name, name): value.replace("|", "\\|") if isinstance(value, str) else value
+                 for name, value in metrics.items()},  # fmt: skip
         description=card.get("description", ""),
         data=card.get("data"),
         training=card.get("training", ""),

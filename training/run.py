@@ -7,25 +7,39 @@ text), then trains one translation model from scratch and one from those stacks 
 and keeps the one with the lower validation loss as the final model.
 """
 
+import fcntl
 import json
+import logging
+import os
 import shutil
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 
-from vaswani.training.arguments import TrainArguments
+from vaswani.training.arguments import InputError, TrainArguments
+from vaswani.training.batching import global_batch_description
 from vaswani.training.build import build_model, build_tokenizer, tokenizer_for_data, tokenizer_to_save
 from vaswani.training.data import build_collator, load_raw_dataset, tokenize_blocks, tokenize_pairs
 from vaswani.training.evaluation import language_model_metrics, translation_metrics
-from vaswani.training.export import save_for_hub
+from vaswani.training.export import replacing_folder, save_for_hub
 from vaswani.training.hub import push_trained_model
-from vaswani.training.loop import TrainingState, build_accelerator, evaluation_loader, save_training_summary, train
+from vaswani.training.loop import (
+    TrainingState, build_accelerator, evaluation_loader, resolve_resume, save_training_summary, train,
+)  # fmt: skip
 from vaswani.training.plots import plot_loss_curves
+from vaswani.training.presets import tokenizer_training_data
+from vaswani.training.selection import PRETRAINING_SELECTION, ModelSelection, final_weights, final_weights_description
 
 FINAL_MODEL = "model"
+LOCK_FILE = ".vaswani-train.lock"  # holds the pid and host of the run writing to the output folder
+logger = logging.getLogger(__name__)
 LANGUAGE_NAMES = {"en": "English", "es": "Spanish"}
 
 
@@ -41,17 +55,25 @@ class RunResult:
 
 def run(args: TrainArguments) -> RunResult:
     """Train one model as `args` says, evaluate it on the test split (else validation) and export it."""
+    with locked_output_folder(Path(args.output_dir)):
+        return train_evaluate_export(args)
+
+
+def train_evaluate_export(args: TrainArguments) -> RunResult:
     started = time.perf_counter()
+    resume_from = resolve_resume(args)  # a bad --resume fails here, before any data is read
     accelerator = build_accelerator(args)
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
-    raw = load_raw_dataset(args.dataset, args.dataset_config, args.validation_fraction, args.seed)
+    raw = load_run_dataset(args)
     with accelerator.main_process_first():  # one process trains the tokenizer and fills the datasets cache
-        tokenizer = build_tokenizer(args, raw)
+        tokenizer = build_tokenizer(args, tokenizer_training_data(raw, args), resume_from)
         tokenized = tokenize(raw, tokenizer_for_data(tokenizer, args.objective), args)
     model = build_model(args, tokenizer)
     collator = build_collator(args.objective, tokenizer_for_data(tokenizer, args.objective), model)
-    state = train(model, tokenized["train"], tokenized["validation"], collator, args, accelerator)
+    selection = ModelSelection(args, tokenizer, raw["validation"])
+    state = train(model, tokenized["train"], tokenized["validation"], collator, args, accelerator, tokenizer, selection)
+    validation_loss = final_weights(model, tokenized["validation"], collator, state, args, accelerator)
 
     eval_split = "test" if "test" in raw else "validation"
     if args.objective == "seq2seq":
@@ -59,13 +81,22 @@ def run(args: TrainArguments) -> RunResult:
     else:
         loader = accelerator.prepare(evaluation_loader(tokenized[eval_split], collator, args, accelerator))
         metrics, examples = language_model_metrics(model, loader, accelerator, args.seed), []
-    metrics["validation_loss"] = state.eval_log[-1]["loss"]
+    metrics["validation_loss"] = validation_loss
     result = RunResult(args, output_dir / FINAL_MODEL, metrics, examples, state, time.perf_counter() - started)
+    weights = sharded_weights(model, accelerator)
     if accelerator.is_main_process:
-        export(accelerator.unwrap_model(model), tokenizer_to_save(tokenizer, args.objective), result, eval_split)
+        saved_tokenizer = tokenizer_to_save(tokenizer, args.objective)
+        export(accelerator.unwrap_model(model), saved_tokenizer, result, eval_split, weights)
         push_trained_model(result.model_dir, args.push_to_hub, result.metrics)
     accelerator.wait_for_everyone()
     return result
+
+
+def load_run_dataset(args: TrainArguments):
+    columns = [args.source_column, args.target_column] if args.objective == "seq2seq" else [args.text_column]
+    return load_raw_dataset(
+        args.dataset, args.dataset_config, args.validation_fraction, args.seed, columns, args.strict_data
+    )
 
 
 def tokenize(raw, tokenizer, args: TrainArguments):
@@ -74,12 +105,25 @@ def tokenize(raw, tokenizer, args: TrainArguments):
     return tokenize_blocks(raw, tokenizer, args.text_column, args.max_length)
 
 
-def export(model, tokenizer, result: RunResult, eval_split: str) -> None:
+def sharded_weights(model, accelerator) -> dict | None:
+    """The whole state dict of a model that FSDP or DeepSpeed shards over the processes, gathered (every process must
+    call this; the main process gets the tensors), or None when each process holds the whole model already."""
+    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return None
+    weights = accelerator.get_state_dict(model)
+    # Gathered, tied weights are separate copies that save_pretrained cannot recognise as one tensor: keep only the
+    # source of each tie, as an unsharded save does, and loading ties them again.
+    tied = accelerator.unwrap_model(model).all_tied_weights_keys
+    return {name: tensor for name, tensor in weights.items() if name not in tied}
+
+
+def export(model, tokenizer, result: RunResult, eval_split: str, weights: dict | None = None) -> None:
     args, output_dir = result.arguments, Path(result.arguments.output_dir)
     save_training_summary(result.state, output_dir / "training_log.json")
     plot = plot_loss_curves({args.objective: result.state}, output_dir / "loss_curves.png", f"{args.objective}: loss")
     card = describe(args, result, eval_split)
-    save_for_hub(model, tokenizer, result.model_dir, result.metrics, args, {**card, "plot": plot})
+    with replacing_folder(result.model_dir) as folder:
+        save_for_hub(model, tokenizer, folder, result.metrics, args, {**card, "plot": plot}, state_dict=weights)
 
 
 def describe(args: TrainArguments, result: RunResult, eval_split: str) -> dict:
@@ -124,27 +168,34 @@ def data_description(args: TrainArguments) -> str | None:
 def training_description(args: TrainArguments, result: RunResult) -> str:
     warm = f" Encoder from `{args.init_encoder}`, decoder from `{args.init_decoder}`." if args.init_encoder else ""
     return (
-        f"{args.max_steps} steps of {args.batch_size} examples x {args.gradient_accumulation_steps} accumulation, Adam "
+        f"{result.state.step} steps of {global_batch_description(args, PartialState().num_processes)}, Adam "
         f"(beta2 0.98, eps 1e-9), {args.lr_scheduler} schedule peaking at {args.peak_learning_rate():.2e} after "
         f"{args.warmup_steps} warm-up steps, label smoothing {args.label_smoothing}, dropout {args.dropout}; "
         f"{result.seconds / 60:.1f} minutes in all (training, evaluation, export).{warm}"
+        f"{final_weights_description(args)}"
     )
 
 
 def run_main_job(args: TrainArguments) -> RunResult:
     """Translation from scratch and warm-started from pretrained stacks, same steps; the one with the lower
     validation loss is kept."""
+    with locked_output_folder(Path(args.output_dir)):
+        return compare_warm_start(args)
+
+
+def compare_warm_start(args: TrainArguments) -> RunResult:
     started = time.perf_counter()
     output_dir = Path(args.output_dir)
     tokenizer_dir = output_dir / "tokenizer"
     if args.tokenizer is None:
-        raw = load_raw_dataset(args.dataset, args.dataset_config, args.validation_fraction, args.seed)
-        build_tokenizer(args, raw).save_pretrained(tokenizer_dir)
+        raw = load_run_dataset(args)
+        build_tokenizer(args, tokenizer_training_data(raw, args)).save_pretrained(tokenizer_dir)
     shared = {"tokenizer": args.tokenizer or str(tokenizer_dir), "pretrain_steps": 0, "push_to_hub": None}
     pretraining = {
         "max_steps": args.pretrain_steps,
         "label_smoothing": 0.0,
         "warmup_steps": min(args.warmup_steps, args.pretrain_steps),
+        **PRETRAINING_SELECTION,
     }
     encoder = run(replace(
         args, objective="mlm", text_column=args.source_column, output_dir=str(output_dir / "encoder-mlm"),
@@ -163,7 +214,8 @@ def run_main_job(args: TrainArguments) -> RunResult:
     best = min((warm, scratch), key=lambda result: result.metrics["validation_loss"])
     final = replace(best, model_dir=output_dir / FINAL_MODEL, seconds=time.perf_counter() - started)
     if PartialState().is_main_process:
-        shutil.copytree(best.model_dir, final.model_dir, dirs_exist_ok=True)
+        with replacing_folder(final.model_dir) as folder:
+            shutil.copytree(best.model_dir, folder, dirs_exist_ok=True)
         summary = {
             "from-scratch": scratch.metrics, "warm-started": warm.metrics, "kept": best.arguments.output_dir,
             "minutes": {"total": final.seconds / 60, **{
@@ -177,3 +229,58 @@ def run_main_job(args: TrainArguments) -> RunResult:
         push_trained_model(final.model_dir, args.push_to_hub, best.metrics)
     PartialState().wait_for_everyone()
     return final
+
+
+@contextmanager
+def locked_output_folder(folder: Path) -> Iterator[None]:
+    """Hold the output folder's lock for the block: two runs writing one folder would interleave checkpoints and
+    race on `latest`. Only the main process locks; a refusal is raised on every process."""
+    lock, problem = None, None
+    # The first PartialState fixes the process group: without GPUs it must be gloo, as in build_accelerator, or each
+    # process of a multi-process CPU run would run alone.
+    if PartialState(cpu=not torch.accelerator.is_available()).is_main_process:
+        try:
+            lock = take_lock(folder / LOCK_FILE)
+        except InputError as error:
+            problem = str(error)
+    if problems := [found for found in gather_object([problem]) if found]:
+        raise InputError(problems[0])
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.truncate(0)  # an empty lock file is a released one; it stays, so no two runs lock two inodes
+            lock.close()  # closing releases the flock
+
+
+def take_lock(path: Path):
+    """An exclusive `flock` on `path`, which the kernel releases when the holder dies however it dies (kill -9
+    too): a lock file still naming a process whose flock is gone is stale, and is taken over with a warning."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = lock_holder(handle.read())
+        handle.close()
+        raise InputError(
+            f"{path.parent} is in use by another vaswani-train run ({holder}; lock file {path}): wait for it to "
+            "finish, or give this run another --output-dir."
+        ) from None
+    handle.seek(0)
+    if previous := handle.read().strip():
+        logger.warning(f"Taking over {path} from {lock_holder(previous)}, which ended without releasing it.")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
+    handle.flush()
+    return handle
+
+
+def lock_holder(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"process {holder['pid']} on {holder['host']}"
+    except (ValueError, KeyError, TypeError):
+        return "a process that left no readable pid"
