@@ -42,14 +42,9 @@ from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
-    BaseModelOutput,
-    BaseModelOutputWithPastAndCrossAttentions,
-    CausalLMOutputWithCrossAttentions,
-    MaskedLMOutput,
-    Seq2SeqLMOutput,
-    Seq2SeqModelOutput,
-    SequenceClassifierOutput,
-)
+    BaseModelOutput, BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions, MaskedLMOutput,
+    Seq2SeqLMOutput, Seq2SeqModelOutput, SequenceClassifierOutput,
+)  # fmt: skip
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling
 from transformers.utils.deprecation import deprecate_kwarg
@@ -665,10 +660,8 @@ class VaswaniModel(VaswaniPreTrainedModel):
         if not hasattr(self, "decoder"):
             return encoder_outputs
         if decoder_input_ids is None and decoder_inputs_embeds is None:
-            raise ValueError(
-                "The encoder-decoder needs decoder_input_ids (or labels, from which VaswaniForConditionalGeneration "
-                "builds them by shifting right)."
-            )
+            raise ValueError("The encoder-decoder needs decoder_input_ids (or labels, from which "
+                             "VaswaniForConditionalGeneration builds them by shifting right).")  # fmt: skip
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state, encoder_attention_mask=attention_mask,
@@ -676,15 +669,12 @@ class VaswaniModel(VaswaniPreTrainedModel):
             use_cache=use_cache, **kwargs,
         )  # fmt: skip
         return Seq2SeqModelOutput(
-            last_hidden_state=decoder_outputs.last_hidden_state,
-            cache=decoder_outputs.cache,
-            decoder_hidden_states=decoder_outputs.hidden_states,
-            decoder_attentions=decoder_outputs.attentions,
+            last_hidden_state=decoder_outputs.last_hidden_state, cache=decoder_outputs.cache,
+            decoder_hidden_states=decoder_outputs.hidden_states, decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
-        )
+            encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions,
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- heads
@@ -774,9 +764,8 @@ class VaswaniForConditionalGeneration(VaswaniLMHeadMixin, VaswaniPreTrainedModel
         ends each row at its last label, so that the decoder skips the padding after it."""
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
-        decoder_batch, decoder_length = (
-            decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
-        ).shape[:2]
+        decoder_inputs = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
+        decoder_batch, decoder_length = decoder_inputs.shape[:2]
         if labels.shape[0] != decoder_batch:
             raise ValueError(f"labels has batch size {labels.shape[0]} but the decoder inputs have {decoder_batch}.")
         if self.training and decoder_attention_mask is None and labels.shape[1] == decoder_length:
@@ -808,16 +797,11 @@ class VaswaniForConditionalGeneration(VaswaniLMHeadMixin, VaswaniPreTrainedModel
             outputs.last_hidden_state, labels, num_items_in_batch, skip_logits, logits_to_keep
         )
         return Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
+            loss=loss, logits=logits, cache=outputs.cache, decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions, cross_attentions=outputs.cross_attentions,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-        )
+            encoder_hidden_states=outputs.encoder_hidden_states, encoder_attentions=outputs.encoder_attentions,
+        )  # fmt: skip
 
 
 class VaswaniForMaskedLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel):
@@ -864,8 +848,8 @@ class VaswaniForCausalLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationM
         """`labels` align with `input_ids` (usually equal to them); the head shifts them to predict the next token.
         `shift_labels`, targets shifted already (context-parallel training shifts before it shards the sequence,
         as transformers' `ForCausalLMLoss` expects), replace `labels` when given."""
-        self.check_labels(labels)
-        self.check_labels(shift_labels)
+        for targets in (labels, shift_labels):
+            self.check_labels(targets)
         if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
             raise ValueError(f"labels have shape {tuple(labels.shape)} but input_ids {tuple(input_ids.shape)}.")
         outputs = self.model.decoder(
@@ -933,10 +917,6 @@ class VaswaniForSequenceClassification(VaswaniPreTrainedModel):
 
 
 __all__ = [
-    "VaswaniPreTrainedModel",
-    "VaswaniModel",
-    "VaswaniForConditionalGeneration",
-    "VaswaniForMaskedLM",
-    "VaswaniForCausalLM",
-    "VaswaniForSequenceClassification",
-]
+    "VaswaniPreTrainedModel", "VaswaniModel", "VaswaniForConditionalGeneration", "VaswaniForMaskedLM",
+    "VaswaniForCausalLM", "VaswaniForSequenceClassification",
+]  # fmt: skip
