@@ -25,6 +25,23 @@ def tiny_config(**overrides) -> VaswaniConfig:
     return VaswaniConfig(**tiny_kwargs(**overrides))
 
 
+def tiny_model(model_class, tokenizer, **overrides):
+    """A tiny `model_class` with `tokenizer`'s vocabulary and special ids, seeded, in eval mode, dropout off."""
+    torch.manual_seed(0)
+    config = VaswaniConfig.from_tokenizer(tokenizer, **tiny_kwargs(vocab_size=len(tokenizer), **overrides))
+    return model_class(config).eval()
+
+
+def corpus_tokenizer(model_max_length: int = 64, pairs: int = 300):
+    """A 300-token BPE trained on the first `pairs` English-Spanish pairs of the embedded corpus (about a second)."""
+    from vaswani import train_tokenizer
+    from vaswani.training.corpus import load_parallel_corpus
+
+    rows = load_parallel_corpus()["train"].select(range(pairs))
+    return train_tokenizer([*rows["en"], *rows["es"]], vocab_size=300, model_max_length=model_max_length,
+                           show_progress=False)  # fmt: skip
+
+
 def random_ids(batch: int, length: int, generator_seed: int = 0, low: int = 5, high: int = TINY["vocab_size"]):
     """Token ids that avoid the special tokens (ids 0-4), so no id is accidentally padding or end-of-sequence."""
     generator = torch.Generator().manual_seed(generator_seed)

@@ -10,17 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import corpus_tokenizer, tiny_model
 from vaswani import (
-    VaswaniConfig,
     VaswaniForCausalLM,
     VaswaniForConditionalGeneration,
     VaswaniForMaskedLM,
     causal_lm_tokenizer,
-    train_tokenizer,
 )
 from vaswani.modeling import ctranslate2_export
 from vaswani.modeling.ctranslate2_export import export_ctranslate2, main
-from vaswani.training.corpus import load_parallel_corpus
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
@@ -41,20 +39,11 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    pairs = load_parallel_corpus()["train"].select(range(300))
-    return train_tokenizer([*pairs["en"], *pairs["es"]], vocab_size=300, model_max_length=64, show_progress=False)
+    return corpus_tokenizer(model_max_length=64)
 
 
 def tiny(model_class, tokenizer, **overrides):
-    torch.manual_seed(0)
-    config = VaswaniConfig.from_tokenizer(
-        tokenizer, **{
-            "d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
-            "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_position_embeddings": 128,
-            "dropout": 0.0, **overrides,
-        },
-    )  # fmt: skip
-    return model_class(config).eval()
+    return tiny_model(model_class, tokenizer, max_position_embeddings=128, **overrides)
 
 
 def saved(model, tokenizer, folder):
@@ -101,7 +90,7 @@ def test_float32_greedy_translations_are_generates_tokens(tokenizer, tmp_path):
 
 
 def test_int8_export_is_smaller_and_scores_close_to_float32(tokenizer, tmp_path):
-    model = tiny(VaswaniForConditionalGeneration, tokenizer, d_model=64, encoder_ffn_dim=256, decoder_ffn_dim=256)
+    model = tiny(VaswaniForConditionalGeneration, tokenizer, d_model=64, ffn_dim=256)
     float32 = ctranslate2.Translator(exported(model, tokenizer, tmp_path / "float32"))
     int8 = ctranslate2.Translator(exported(model, tokenizer, tmp_path / "int8", quantization="int8"))
     targets = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(text_target=SOURCES)["input_ids"]]

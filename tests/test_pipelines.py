@@ -12,20 +12,17 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, pipeline
 
-from conftest import tiny_kwargs
+from conftest import corpus_tokenizer, tiny_model
 from vaswani import (
-    VaswaniConfig,
     VaswaniForCausalLM,
     VaswaniForConditionalGeneration,
     VaswaniForMaskedLM,
     VaswaniForSequenceClassification,
     causal_lm_tokenizer,
-    train_tokenizer,
 )
 from vaswani.modeling import pipeline_vaswani
 from vaswani.modeling.pipeline_vaswani import EXTRA_OUTPUT_TOKENS, VaswaniTranslationPipeline
 from vaswani.modeling.pipelines import translate
-from vaswani.training.corpus import load_parallel_corpus
 from vaswani.training.export import save_for_hub
 
 SOURCES = ["In the beginning God created the heavens and the earth.", "Jesus wept.", "And God said"]
@@ -34,16 +31,11 @@ HEADS = [VaswaniForConditionalGeneration, VaswaniForMaskedLM, VaswaniForCausalLM
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    pairs = load_parallel_corpus()["train"].select(range(300))
-    return train_tokenizer([*pairs["en"], *pairs["es"]], vocab_size=300, model_max_length=64, show_progress=False)
+    return corpus_tokenizer(model_max_length=64)
 
 
 def tiny(model_class, tokenizer, **overrides):
-    """A tiny model of `model_class` for `tokenizer`, in eval mode, with dropout off."""
-    torch.manual_seed(0)
-    sizes = tiny_kwargs(vocab_size=len(tokenizer), max_position_embeddings=256, **overrides)
-    config = VaswaniConfig.from_tokenizer(tokenizer, **sizes)
-    return model_class(config).eval()
+    return tiny_model(model_class, tokenizer, max_position_embeddings=256, **overrides)
 
 
 def record_output_lengths(model) -> list[int]:

@@ -17,7 +17,7 @@ from vaswani.training.arguments import TrainArguments, parse_arguments
 from vaswani.training.build import build_model, warm_start
 from vaswani.training.corpus import load_parallel_corpus
 from vaswani.training.data import build_collator, load_raw_dataset, tokenize_blocks, tokenize_pairs
-from vaswani.training.loop import LATEST, build_optimizer_and_scheduler, resolve_resume, save_checkpoint
+from vaswani.training.loop import LATEST, build_optimizer_and_scheduler, resolve_resume
 from vaswani.training.export import save_for_hub
 from vaswani.training.run import data_description, run
 

@@ -4,12 +4,11 @@ import io
 import sys
 
 import pytest
-import torch
 
-from vaswani import VaswaniConfig, VaswaniForCausalLM, VaswaniForConditionalGeneration, train_tokenizer
+from conftest import corpus_tokenizer, tiny_model
+from vaswani import VaswaniForCausalLM, VaswaniForConditionalGeneration
 from vaswani.modeling import ctranslate2_export, translate_cli
 from vaswani.modeling.translate_cli import length_batches, main
-from vaswani.training.corpus import load_parallel_corpus
 
 SENTENCES = [
     "Jesus wept.",
@@ -22,20 +21,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    pairs = load_parallel_corpus()["train"].select(range(300))
-    return train_tokenizer([*pairs["en"], *pairs["es"]], vocab_size=300, model_max_length=48, show_progress=False)
-
-
-def tiny_model(model_class, tokenizer, **overrides):
-    torch.manual_seed(0)
-    config = VaswaniConfig.from_tokenizer(
-        tokenizer, **{
-            "d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
-            "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_position_embeddings": 64,
-            "dropout": 0.0, **overrides,
-        },
-    )  # fmt: skip
-    return model_class(config).eval()
+    return corpus_tokenizer(model_max_length=48)
 
 
 @pytest.fixture(scope="module")
