@@ -45,8 +45,10 @@ class TrainArguments:
     target_column: str = field(default="es", metadata={"help": "seq2seq: the column to translate into."})
     text_column: str = field(default="text", metadata={"help": "mlm/clm: the column of text."})
     validation_fraction: float = field(
-        default=0.01, metadata={"help": "Held-out fraction when the dataset has no validation split."}
-    )
+        default=0.01,
+        metadata={"help": "Held-out fraction when the dataset has no validation split (--streaming: see "
+                  "--validation-examples)."},
+    )  # fmt: skip
     strict_data: bool = field(
         default=False,
         metadata={"help": "Stop at the first row whose text is missing, null or blank, instead of skipping such rows."},
@@ -174,7 +176,27 @@ class TrainArguments:
         default=200, metadata={"help": "Validation sentences translated for --eval-bleu-steps (keeps it cheap)."}
     )
     tokenizer_sample: int | None = field(
-        default=None, metadata={"help": "Train the tokenizer on N random training examples instead of all."}
+        default=None,
+        metadata={"help": "Train the tokenizer on N random training examples instead of all (--streaming: the first "
+                  "N of the stream)."},
+    )  # fmt: skip
+
+    # Large data (training/data.py: streaming)
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the training data as a stream (datasets' IterableDataset): nothing is copied to disk or "
+            "held in memory, examples are tokenized as training reads them, each process reads its own shard. "
+            "Needs --tokenizer or --tokenizer-sample."
+        },
+    )
+    validation_examples: int = field(
+        default=1000,
+        metadata={"help": "--streaming, for a dataset without a validation split: hold out its first N examples."},
+    )
+    shuffle_buffer: int = field(
+        default=10_000,
+        metadata={"help": "--streaming: examples shuffled in a buffer, and grouped by length into batches."},
     )
 
     def __post_init__(self):
@@ -226,10 +248,28 @@ class TrainArguments:
                 "--mixed-precision fp16 needs a GPU and this machine has none: use --mixed-precision bf16 (CPU "
                 "autocast) or no."
             )
+        if self.streaming:
+            self.check_streaming()
         if self.resume not in (None, "latest") and self.compares_warm_start():
             raise InputError(
                 "--resume FOLDER names one run's checkpoint, but the main job (--pretrain-steps > 0) makes four runs: "
                 "use --resume latest, which resumes each of them, or --pretrain-steps 0."
+            )
+
+    def check_streaming(self) -> None:
+        for name in ("validation_examples", "shuffle_buffer"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"{flag(name)} must be positive, got {getattr(self, name)}.")
+        # A preset sets --pretrain-steps 0 after this first check (training/run.py refuses an explicit one).
+        if self.compares_warm_start() and self.preset is None:
+            raise InputError(
+                "--streaming trains one model: the main job's comparison of warm-started and from-scratch models "
+                "(--pretrain-steps > 0) reads the data five times; use --pretrain-steps 0."
+            )
+        if self.tokenizer is None and self.tokenizer_sample is None and not (self.init_model or self.init_encoder):
+            raise InputError(
+                "--streaming reads the data as training goes, so there is nothing to train a tokenizer on first: give "
+                "a saved --tokenizer, or --tokenizer-sample N to train one on the first N examples of the stream."
             )
 
     def check_paths(self) -> None:

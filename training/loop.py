@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, gather_object, set_seed
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, send_to_device
 from accelerate.utils import load as load_data_only  # torch.load with weights_only=True and numpy's RNG types allowed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -35,7 +35,7 @@ from transformers import get_scheduler
 
 from vaswani.training.arguments import InputError, TrainArguments
 from vaswani.training.batching import global_batch_description, token_batch_loader
-from vaswani.training.data import EpochLengthGroupedSampler, example_lengths
+from vaswani.training.data import EpochLengthGroupedSampler, StreamBatches, example_lengths
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"  # a file naming the newest complete checkpoint
@@ -57,6 +57,9 @@ class TrainingState:
     step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed on each process
+    # --streaming: [epoch, batches_in_epoch] of each process, which reads its own stream and so ends its epochs at
+    # its own pace (empty without streaming, where every process is where `epoch` and `batches_in_epoch` say).
+    process_positions: list[list[int]] = field(default_factory=list)
     train_log: list[dict] = field(default_factory=list)
     eval_log: list[dict] = field(default_factory=list)
     # This process's share of each step's loss since the last log: kept across a resume, so that the first average
@@ -126,7 +129,10 @@ def with_requested_fsdp(accelerator: Accelerator) -> Accelerator:
 
 def training_loader(dataset, collator, args: TrainArguments, accelerator: Accelerator) -> DataLoader:
     """Batches of similar lengths, `batch_size` examples (or `max_tokens`) per process, in an order fixed by (seed,
-    epoch)."""
+    epoch). A stream (--streaming) is this process's own already, so Accelerate is not to prepare its loader."""
+    if args.streaming:
+        batches = StreamBatches(dataset, args.seed, args.shuffle_buffer, args.batch_size, args.max_tokens)
+        return DataLoader(batches, batch_size=None, collate_fn=collator, generator=own_generator(args.seed))
     if args.max_tokens is not None:
         return token_batch_loader(
             dataset, collator, args.max_tokens, accelerator.num_processes, args.seed, True, own_generator(args.seed)
@@ -171,12 +177,32 @@ def build_optimizer_and_scheduler(model, args: TrainArguments):
 
 def micro_batches_forever(loader, state: TrainingState, accelerator: Accelerator):
     """The batches of epoch after epoch, starting where `state` says (a resumed run skips what it consumed)."""
+    if isinstance(loader.dataset, StreamBatches):
+        yield from stream_micro_batches(loader, state, accelerator)
+        return
     while True:
         loader.set_epoch(state.epoch)
         batches = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
         for batch in batches:
             state.batches_in_epoch += 1
             yield batch
+        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+
+
+def stream_micro_batches(loader: DataLoader, state: TrainingState, accelerator: Accelerator):
+    """`micro_batches_forever` for a stream: the skipped batches are dropped before they are collated, so that the
+    collator draws the random numbers (mlm masks) it drew in the uninterrupted run."""
+    while True:
+        loader.dataset.set_epoch(state.epoch)
+        loader.dataset.skip = state.batches_in_epoch
+        for batch in loader:
+            state.batches_in_epoch += 1
+            yield send_to_device(batch, accelerator.device)
+        if state.batches_in_epoch == 0:  # a whole epoch (a resumed one ends with at least its skipped batches)
+            raise InputError(
+                f"Process {accelerator.process_index} read a whole epoch of its stream without making one batch: the "
+                "dataset is too small for --batch-size (or --max-tokens) on this many processes."
+            )
         state.epoch, state.batches_in_epoch = state.epoch + 1, 0
 
 
@@ -237,6 +263,8 @@ def save_checkpoint(accelerator: Accelerator, state: TrainingState, args: TrainA
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
     saved_state = replace(state, recent_losses=summed_recent_losses(state, accelerator))
+    if args.streaming:
+        saved_state.process_positions = gather_object([[state.epoch, state.batches_in_epoch]])
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (temporary / STATE_FILE).write_text(json.dumps(saved_state.state_dict(), indent=1))
@@ -343,6 +371,13 @@ def load_checkpoint(accelerator: Accelerator, folder: Path, state: TrainingState
         raise CheckpointError(f"{folder / STATE_FILE} cannot be read: {error}") from error
     # Saved as whole-step losses; each process holds its share, and logging sums the shares.
     state.recent_losses = [loss / accelerator.num_processes for loss in state.recent_losses]
+    if state.process_positions:  # --streaming: each process resumes its own stream
+        if len(state.process_positions) != accelerator.num_processes:
+            raise CheckpointError(
+                f"{folder} was saved by {len(state.process_positions)} processes, each reading its own part of the "
+                f"stream; resume it with as many (not {accelerator.num_processes}), or the parts would not match."
+            )
+        state.epoch, state.batches_in_epoch = state.process_positions[accelerator.process_index]
 
 
 def checkpoint_problem(folder: Path) -> str | None:
@@ -457,9 +492,12 @@ def train(
     optimizer, scheduler = build_optimizer_and_scheduler(model, args)
     train_loader = training_loader(train_dataset, collator, args, accelerator)
     eval_loader = evaluation_loader(eval_dataset, collator, args, accelerator)
-    model, optimizer, scheduler, train_loader, eval_loader = accelerator.prepare(
-        model, optimizer, scheduler, train_loader, eval_loader
-    )
+    if args.streaming:  # each process's loader reads its own stream: Accelerate would shard it again
+        model, optimizer, scheduler, eval_loader = accelerator.prepare(model, optimizer, scheduler, eval_loader)
+    else:
+        model, optimizer, scheduler, train_loader, eval_loader = accelerator.prepare(
+            model, optimizer, scheduler, train_loader, eval_loader
+        )
     # Token-count batches are dealt out whole (split_batches=False), and Accelerate then steps the schedule once per
     # process at each step, as for a per-process schedule; ours counts optimiser steps however many processes.
     scheduler.split_batches = True

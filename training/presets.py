@@ -13,7 +13,7 @@ import argparse
 import math
 
 from accelerate import PartialState
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict, IterableDataset
 
 PAPER_TOKENS_PER_STEP = 25_000  # per side: source and target (§5.1)
 # Table 3 ("base" and "big"; N layers, d_model, d_ff, h, P_drop, eps_ls, train steps). Checkpoints every 10 minutes
@@ -120,7 +120,12 @@ def check_recipe_arguments(args) -> None:
 
 def tokenizer_training_data(dataset, args):
     """The dataset the vocabulary is learned from: with --tokenizer-sample N, N training examples drawn by --seed (a
-    BPE vocabulary of 37000 barely changes beyond a few hundred thousand sentences, and WMT14 has 4.5 million pairs)."""
+    BPE vocabulary of 37000 barely changes beyond a few hundred thousand sentences, and WMT14 has 4.5 million pairs).
+    From a stream (--streaming), the first N examples: drawing at random would mean reading all of it."""
+    if isinstance(dataset["train"], IterableDataset):
+        if args.tokenizer_sample is None:
+            return dataset  # --tokenizer, or weights that come with theirs: nothing is trained (arguments.py)
+        return DatasetDict({**dataset, "train": Dataset.from_list(list(dataset["train"].take(args.tokenizer_sample)))})
     if args.tokenizer_sample is None or args.tokenizer_sample >= len(dataset["train"]):
         return dataset
     sample = dataset["train"].shuffle(seed=args.seed).select(range(args.tokenizer_sample))

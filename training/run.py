@@ -21,12 +21,16 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from datasets import DatasetDict
 from accelerate.utils import DistributedType, gather_object, set_seed
 
 from vaswani.training.arguments import InputError, TrainArguments
 from vaswani.training.batching import global_batch_description
 from vaswani.training.build import build_model, build_tokenizer, tokenizer_for_data, tokenizer_to_save
-from vaswani.training.data import build_collator, load_raw_dataset, tokenize_blocks, tokenize_pairs
+from vaswani.training.data import (
+    build_collator, load_raw_dataset, load_streaming_dataset, process_stream, stream_encoders, tokenize_blocks,
+    tokenize_pairs,
+)  # fmt: skip
 from vaswani.training.evaluation import language_model_metrics, translation_metrics
 from vaswani.training.export import replacing_folder, save_for_hub
 from vaswani.training.hub import push_trained_model
@@ -94,12 +98,30 @@ def train_evaluate_export(args: TrainArguments) -> RunResult:
 
 def load_run_dataset(args: TrainArguments):
     columns = [args.source_column, args.target_column] if args.objective == "seq2seq" else [args.text_column]
+    if args.streaming:
+        return load_streaming_dataset(
+            args.dataset, args.dataset_config, args.validation_examples, columns, args.strict_data
+        )
     return load_raw_dataset(
         args.dataset, args.dataset_config, args.validation_fraction, args.seed, columns, args.strict_data
     )
 
 
 def tokenize(raw, tokenizer, args: TrainArguments):
+    if not args.streaming:
+        return tokenize_in_memory(raw, tokenizer, args)
+    # The evaluation splits now; the training stream as training reads it, each process its own part.
+    in_memory = tokenize_in_memory(DatasetDict({split: rows for split, rows in raw.items() if split != "train"}),
+                                   tokenizer, args)  # fmt: skip
+    processes = PartialState()
+    train = process_stream(
+        raw["train"], raw.sharding, processes.process_index, processes.num_processes, args.seed, args.shuffle_buffer,
+        *stream_encoders(tokenizer, args),
+    )  # fmt: skip
+    return {**in_memory, "train": train}
+
+
+def tokenize_in_memory(raw: DatasetDict, tokenizer, args: TrainArguments) -> DatasetDict:
     if args.objective == "seq2seq":
         return tokenize_pairs(raw, tokenizer, args.source_column, args.target_column, args.max_length)
     return tokenize_blocks(raw, tokenizer, args.text_column, args.max_length)
@@ -184,6 +206,8 @@ def run_main_job(args: TrainArguments) -> RunResult:
 
 
 def compare_warm_start(args: TrainArguments) -> RunResult:
+    if args.streaming:  # a --preset run with an explicit --pretrain-steps, which the arguments' checks cannot see
+        raise InputError("--streaming trains one model, not the main job's five: use --pretrain-steps 0.")
     started = time.perf_counter()
     output_dir = Path(args.output_dir)
     tokenizer_dir = output_dir / "tokenizer"
