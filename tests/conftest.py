@@ -1,5 +1,8 @@
 """Shared fixtures: tiny configs and inputs, so that every model test runs in well under a second on a CPU."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,6 +43,25 @@ def corpus_tokenizer(model_max_length: int = 64, pairs: int = 300):
     rows = load_parallel_corpus()["train"].select(range(pairs))
     return train_tokenizer([*rows["en"], *rows["es"]], vocab_size=300, model_max_length=model_max_length,
                            show_progress=False)  # fmt: skip
+
+
+def write_pairs_file(folder: Path, count: int = 80) -> Path:
+    """The first `count` English-Spanish pairs of the embedded corpus as a local JSON-lines dataset (no test split)."""
+    from vaswani.training.corpus import load_parallel_corpus
+
+    pairs = load_parallel_corpus()["train"].select(range(count))
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"en": row["en"], "es": row["es"]}) + "\n" for row in pairs))
+    return path
+
+
+def save_pairs_tokenizer(pairs_file: Path, folder: Path) -> Path:
+    """A 300-token tokenizer trained on both languages of `pairs_file`, saved to `folder` (the runs' --tokenizer)."""
+    from vaswani import train_tokenizer
+
+    texts = [text for line in pairs_file.read_text().splitlines() for text in json.loads(line).values()]
+    train_tokenizer(texts, vocab_size=300, model_max_length=48, show_progress=False).save_pretrained(folder)
+    return folder
 
 
 def random_ids(batch: int, length: int, generator_seed: int = 0, low: int = 5, high: int = TINY["vocab_size"]):

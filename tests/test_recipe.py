@@ -13,7 +13,8 @@ import torch
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 
-from vaswani import VaswaniForConditionalGeneration, train_tokenizer
+from conftest import save_pairs_tokenizer, write_pairs_file
+from vaswani import VaswaniForConditionalGeneration
 from vaswani.training.__main__ import main
 from vaswani.training.arguments import parse_arguments
 from vaswani.training.averaging import average_run, last_checkpoints
@@ -39,18 +40,12 @@ TINY_RUN = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ffn-dim", "64
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory) -> Path:
     """80 real English-Spanish pairs as a local JSON-lines dataset."""
-    pairs = load_parallel_corpus()["train"].select(range(80))
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"en": row["en"], "es": row["es"]}) + "\n" for row in pairs))
-    return path
+    return write_pairs_file(tmp_path_factory.mktemp("data"), 80)
 
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(pairs_file, tmp_path_factory) -> Path:
-    texts = [text for line in pairs_file.read_text().splitlines() for text in json.loads(line).values()]
-    folder = tmp_path_factory.mktemp("tokenizer")
-    train_tokenizer(texts, vocab_size=300, model_max_length=48, show_progress=False).save_pretrained(folder)
-    return folder
+    return save_pairs_tokenizer(pairs_file, tmp_path_factory.mktemp("tokenizer"))
 
 
 def tiny_args(output_dir, pairs_file, tokenizer_dir, *extra):

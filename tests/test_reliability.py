@@ -16,11 +16,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from conftest import write_pairs_file
 from vaswani import train_tokenizer
 from vaswani.training.__main__ import main
 from vaswani.training.arguments import InputError, TrainArguments, parse_arguments
 from vaswani.training.build import build_model, build_tokenizer
-from vaswani.training.corpus import load_parallel_corpus
 from vaswani.training.data import load_raw_dataset, tokenize_pairs
 from vaswani.training.export import replacing_folder, save_for_hub
 from vaswani.training.loop import LATEST, MANIFEST, STATE_FILE, TOKENIZER, resolve_resume, write_manifest
@@ -43,10 +43,7 @@ class CreatesAFile:
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory) -> Path:
-    pairs = load_parallel_corpus()["train"].select(range(40))
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"en": row["en"], "es": row["es"]}) + "\n" for row in pairs))
-    return path
+    return write_pairs_file(tmp_path_factory.mktemp("data"), 40)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset, IterableDataset, IterableDatasetDict
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
-from vaswani import train_tokenizer
+from conftest import save_pairs_tokenizer, write_pairs_file
 from vaswani.training.arguments import parse_arguments
 from vaswani.training.corpus import load_parallel_corpus
 from vaswani.training.data import (
@@ -33,18 +33,12 @@ PAIRS = 80  # in the file: 16 held out for validation, 64 to train on
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory) -> Path:
-    pairs = load_parallel_corpus()["train"].select(range(PAIRS))
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"en": row["en"], "es": row["es"]}) + "\n" for row in pairs))
-    return path
+    return write_pairs_file(tmp_path_factory.mktemp("data"), PAIRS)
 
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(pairs_file, tmp_path_factory) -> Path:
-    texts = [text for line in pairs_file.read_text().splitlines() for text in json.loads(line).values()]
-    folder = tmp_path_factory.mktemp("tokenizer")
-    train_tokenizer(texts, vocab_size=300, model_max_length=48, show_progress=False).save_pretrained(folder)
-    return folder
+    return save_pairs_tokenizer(pairs_file, tmp_path_factory.mktemp("tokenizer"))
 
 
 def stream_args(output_dir, pairs_file, tokenizer_dir, *extra):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import write_pairs_file
 from vaswani import VaswaniForCausalLM, VaswaniForMaskedLM, train_tokenizer
 from vaswani.training.__main__ import main
 from vaswani.training.arguments import TrainArguments, parse_arguments
 from vaswani.training.build import build_model, warm_start
-from vaswani.training.corpus import load_parallel_corpus
 from vaswani.training.data import build_collator, load_raw_dataset, tokenize_blocks, tokenize_pairs
 from vaswani.training.loop import LATEST, build_optimizer_and_scheduler, resolve_resume
 from vaswani.training.export import save_for_hub
@@ -30,10 +30,7 @@ TINY_RUN = [*TINY_MODEL, "--batch-size", "8", "--warmup-steps", "2", "--logging-
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory) -> Path:
     """80 real English-Spanish pairs as a local JSON-lines dataset (no test split: validation is evaluated)."""
-    pairs = load_parallel_corpus()["train"].select(range(80))
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"en": row["en"], "es": row["es"]}) + "\n" for row in pairs))
-    return path
+    return write_pairs_file(tmp_path_factory.mktemp("data"), 80)
 
 
 @pytest.fixture(scope="module")
