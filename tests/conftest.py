@@ -1,5 +1,6 @@
 """Shared fixtures: tiny configs and inputs, so that every model test runs in well under a second on a CPU."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -62,6 +63,14 @@ def save_pairs_tokenizer(pairs_file: Path, folder: Path) -> Path:
     texts = [text for line in pairs_file.read_text().splitlines() for text in json.loads(line).values()]
     train_tokenizer(texts, vocab_size=300, model_max_length=48, show_progress=False).save_pretrained(folder)
     return folder
+
+
+def import_script(path: Path):
+    """A script of the repository that is not part of the package (a benchmark, a maintainer script) as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def random_ids(batch: int, length: int, generator_seed: int = 0, low: int = 5, high: int = TINY["vocab_size"]):

@@ -1,11 +1,11 @@
 """The embedded corpus: whole-book splits, no leaks into pretraining text, clean text, known verses."""
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
+from conftest import import_script
 from vaswani.training.corpus import load_english_corpus, load_parallel_corpus
 
 VALIDATION_BOOKS = {"Ruth", "Jonah", "Titus"}
@@ -38,10 +38,7 @@ def verses(english):
 @pytest.fixture(scope="module")
 def build_corpus():
     """The maintainer script as a module (it only defines things at import), to test its cleaning steps."""
-    spec = importlib.util.spec_from_file_location("build_corpus", BUILD_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script(BUILD_SCRIPT)
 
 
 def by_id(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:

@@ -1,12 +1,12 @@
 """The main-job study (benchmarks/main_job_study.py): every variant is a valid `vaswani-train` command that changes
 what it says, and the report reads what the runs recorded."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from conftest import import_script
 from vaswani.training.arguments import TrainArguments, parse_arguments
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "main_job_study.py"
@@ -14,10 +14,7 @@ SCRIPT = Path(__file__).parents[1] / "benchmarks" / "main_job_study.py"
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("main_job_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script(SCRIPT)
 
 
 @pytest.mark.parametrize("name", ["baseline", "steps-4000", "tokens-2048", "width-256", "average-5", "smoothing-0"])
