@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer
 
 from vaswani.configuration import VaswaniConfig
 from vaswani.modeling import VaswaniForCausalLM, VaswaniForConditionalGeneration, VaswaniForMaskedLM
 from vaswani.tokenization import causal_lm_tokenizer, train_tokenizer
 from vaswani.training.arguments import InputError, TrainArguments
+from vaswani.training.hub import safetensors_problem
 from vaswani.training.loop import TOKENIZER
 
 MODEL_CLASSES = {"seq2seq": VaswaniForConditionalGeneration, "mlm": VaswaniForMaskedLM, "clm": VaswaniForCausalLM}
@@ -168,11 +168,8 @@ def load_pretrained(model_class, location: str, option: str = "a checkpoint", **
 
 
 def check_safetensors(file: Path) -> None:
-    try:
-        with safe_open(file, "pt") as weights:
-            weights.keys()
-    except (SafetensorError, OSError) as error:
-        raise InputError(f"{file} is damaged or truncated ({error}); export or download it again.") from error
+    if (problem := safetensors_problem(file)) is not None:
+        raise InputError(f"{file} is damaged or truncated ({problem}); export or download it again.")
 
 
 def check_same_architecture(config: VaswaniConfig, other: VaswaniConfig, checkpoint: str) -> None:

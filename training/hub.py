@@ -98,15 +98,19 @@ def weight_files(folder: Path) -> list[Path]:
     raise NotAnExportError(f"{folder} has no weights ({WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}): {EXPORT_HINT}.")
 
 
-def check_safetensors(path: Path) -> None:
-    """Refuse a file that the `safetensors` library cannot open: it checks that the header is complete and that the
-    tensors it describes cover the file exactly, so a truncated or padded copy fails here, not on the Hub."""
+def safetensors_problem(path: Path) -> str | None:
+    """Why the `safetensors` library cannot open `path`, or None: it checks that the header is complete and that the
+    tensors it describes cover the file exactly, so a truncated or padded copy is caught before anyone loads it."""
     try:
         with safe_open(path, framework="pt"):
-            pass
-    except SafetensorError as error:
-        message = f"{path} is not an intact safetensors file ({error}): export the model again."
-        raise NotAnExportError(message) from error
+            return None
+    except (SafetensorError, OSError) as error:
+        return str(error)
+
+
+def check_safetensors(path: Path) -> None:
+    if (problem := safetensors_problem(path)) is not None:
+        raise NotAnExportError(f"{path} is not an intact safetensors file ({problem}): export the model again.")
 
 
 def name_repo_in_card(folder: Path, repo_id: str) -> None:
