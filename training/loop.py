@@ -524,8 +524,7 @@ def train(
         state.step += 1
         progress.update(1)
         if state.step % args.logging_steps == 0 or state.step == args.max_steps:
-            log_training(accelerator, state, state.recent_losses, scheduler, progress)
-            state.recent_losses = []
+            log_training(accelerator, state, scheduler, progress)
         if state.step % args.eval_steps == 0 or state.step == args.max_steps:
             log_evaluation(accelerator, state, evaluate_loss(model, eval_loader, accelerator), progress)
         # Validation BLEU, best weights, early stopping (training/selection.py), before the checkpoint records them.
@@ -541,7 +540,9 @@ def train(
     return state
 
 
-def log_training(accelerator: Accelerator, state: TrainingState, losses: list[float], scheduler, progress) -> None:
+def log_training(accelerator: Accelerator, state: TrainingState, scheduler, progress) -> None:
+    """Log the mean loss of the steps since the last log (`state.recent_losses`, which it empties)."""
+    losses, state.recent_losses = state.recent_losses, []
     loss = accelerator.reduce(torch.tensor(sum(losses) / len(losses), device=accelerator.device), "sum").item()
     entry = {"step": state.step, "loss": loss, "learning_rate": scheduler.get_last_lr()[0]}
     state.train_log.append(entry)
