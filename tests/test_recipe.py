@@ -27,6 +27,7 @@ from vaswani.training.batching import (
     padding_fraction,
 )
 from vaswani.training.corpus import load_parallel_corpus
+from vaswani.training.evaluation import loops
 from vaswani.training.loop import TrainingState
 from vaswani.training.presets import tokenizer_training_data
 from vaswani.training.run import run
@@ -128,7 +129,9 @@ def test_bad_max_tokens_is_refused_by_the_parser():
 
 def test_training_with_max_tokens_resumes_exactly(tmp_path, pairs_file, tokenizer_dir):
     """N steps == N/2 + resume + N/2 with token-count batches, accumulation and an epoch boundary inside."""
-    common = ["--max-tokens", "400", "--gradient-accumulation-steps", "2", "--save-steps", "3", "--eval-steps", "3"]
+    # --max-steps 3 stands in for the interruption: the schedule must not depend on it (linear decay would)
+    common = ["--max-tokens", "400", "--gradient-accumulation-steps", "2", "--save-steps", "3", "--eval-steps", "3",
+              "--lr-scheduler", "inverse_sqrt"]  # fmt: skip
     uninterrupted = run(tiny_args(tmp_path / "a", pairs_file, tokenizer_dir, *common, "--max-steps", "6"))
     run(tiny_args(tmp_path / "b", pairs_file, tokenizer_dir, *common, "--max-steps", "3"))
     resumed = run(tiny_args(tmp_path / "b", pairs_file, tokenizer_dir, *common, "--max-steps", "6", "--resume", "latest"))
@@ -284,6 +287,24 @@ def test_validation_bleu_is_tracked_and_reported_with_its_sacrebleu_signature(tm
     assert json.loads((result.model_dir / "all_results.json").read_text())["bleu_signature"] == signature
     card = (result.model_dir / "README.md").read_text()
     assert signature.replace("|", "\\|") in card  # escaped, so that it stays one cell of the results table
+    assert 0 <= result.metrics["looping_translations"] <= result.metrics["translated_examples"]
+
+
+@pytest.mark.parametrize(
+    "translation, looping",
+    [("Y de de de los días.", True), ("y el rey, y el rey, y el rey, dijo", True), ("y de Selelelelel, y de Eth.", True),
+     ("Y aconteció en los días de Assuero, y en los días de Assuero", False), ("Y dijo Dios: Sea la luz.", False),
+     ("", False)],  # fmt: skip
+)
+def test_a_translation_loops_when_a_phrase_or_a_syllable_runs_on(translation, looping):
+    assert loops(translation) is looping
+
+
+def test_the_references_of_the_embedded_corpus_almost_never_count_as_loops():
+    """The loop count of the test translations means something only if real verses do not count: of the 61,726 verses
+    of both languages, one does (Jeremiah 22:29, "O earth, earth, earth, hear Yahweh's word!")."""
+    pairs = load_parallel_corpus()
+    assert sum(loops(verse) for split in pairs.values() for column in ("en", "es") for verse in split[column]) == 1
 
 
 def test_keep_best_by_bleu_translates_the_validation_split_at_every_evaluation(tmp_path, pairs_file, tokenizer_dir):
@@ -378,7 +399,7 @@ def test_the_tokenizer_sample_is_n_training_examples_drawn_by_the_seed():
     assert sample["validation"] is corpus["validation"]
 
 
-def test_the_main_jobs_pretraining_runs_leave_the_translation_options_out():
+def test_the_warm_start_pretraining_runs_leave_the_translation_options_out():
     args = parse_arguments(["--eval-bleu-steps", "500", "--keep-best", "--metric-for-best", "bleu", "--pretrain-steps", "7"])
     masked_lm = replace(args, objective="mlm", max_steps=args.pretrain_steps, **PRETRAINING_SELECTION)  # validated again
     assert (masked_lm.keep_best, masked_lm.eval_bleu_steps, masked_lm.average_last) == (False, 0, 0)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from conftest import write_pairs_file
 from vaswani import VaswaniForCausalLM, VaswaniForMaskedLM, train_tokenizer
 from vaswani.training.__main__ import main
-from vaswani.training.arguments import TrainArguments, parse_arguments
+from vaswani.training.arguments import InputError, TrainArguments, parse_arguments
 from vaswani.training.build import build_model, warm_start
 from vaswani.training.data import build_collator, load_raw_dataset, tokenize_blocks, tokenize_pairs
 from vaswani.training.loop import LATEST, build_optimizer_and_scheduler, resolve_resume
@@ -53,18 +53,30 @@ def tiny_args(tmp_path, *extra) -> TrainArguments:
 # ----------------------------------------------------------------------------------------------- arguments
 
 
-def test_defaults_are_the_main_job_with_the_papers_optimiser():
+def test_defaults_are_the_main_job_one_translation_model_in_token_batches():
     args = parse_arguments([])
     assert (args.objective, args.dataset, args.label_smoothing, args.lr_scheduler) == (
-        "seq2seq", "bible-en-es", 0.1, "inverse_sqrt"
+        "seq2seq", "bible-en-es", 0.1, "linear"
     )
-    assert args.compares_warm_start()
+    assert (args.max_tokens, args.batch_size, args.dropout, args.max_length) == (2048, None, 0.0, 128)
+    assert not args.compares_warm_start() and parse_arguments(["--pretrain-steps", "5"]).compares_warm_start()
     assert parse_arguments(["--objective", "mlm"]).dataset == "bible-en"
     assert parse_arguments(["--objective", "clm"]).label_smoothing == 0.0
 
 
+def test_a_batch_is_sized_by_tokens_or_by_examples_never_both():
+    assert (parse_arguments(["--batch-size", "8"]).max_tokens, TrainArguments(batch_size=8).max_tokens) == (None, None)
+    assert parse_arguments(["--max-tokens", "900"]).max_tokens == 900
+    with pytest.raises(InputError, match="--batch-size and --max-tokens are two ways to size a batch"):
+        parse_arguments(["--batch-size", "8", "--max-tokens", "900"])
+    with pytest.raises(InputError, match="--batch-size must be positive"):
+        parse_arguments(["--batch-size", "0"])
+    # A preset's token batches give way to an explicit --batch-size
+    assert parse_arguments(["--preset", "base", "--batch-size", "8"]).max_tokens is None
+
+
 def test_learning_rate_is_the_given_peak_or_the_papers_for_zero():
-    assert TrainArguments().peak_learning_rate() == 1e-3
+    assert TrainArguments().peak_learning_rate() == 4e-3
     assert TrainArguments(d_model=512, warmup_steps=4000, learning_rate=0).peak_learning_rate() == pytest.approx(
         512**-0.5 * 4000**-0.5
     )
@@ -94,7 +106,7 @@ def test_unknown_objective_is_rejected_by_the_parser(capsys):
 
 def test_schedule_and_optimiser_follow_the_paper():
     """lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) (§5.3), with Adam(0.9, 0.98, 1e-9)."""
-    args = TrainArguments(d_model=512, warmup_steps=4000, max_steps=100_000, learning_rate=0)
+    args = TrainArguments(d_model=512, warmup_steps=4000, max_steps=100_000, learning_rate=0, lr_scheduler="inverse_sqrt")
     optimizer, scheduler = build_optimizer_and_scheduler(torch.nn.Linear(2, 2), args)
     assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-9
     learning_rates = {}
@@ -303,7 +315,7 @@ def test_warm_start_refuses_stacks_of_different_shapes(tmp_path, tokenizer):
 # ----------------------------------------------------------------------------------------------- the CLI
 
 
-def test_main_job_compares_warm_start_on_a_tiny_budget(tmp_path, pairs_file, capsys):
+def test_pretrain_steps_compare_warm_start_on_a_tiny_budget(tmp_path, pairs_file, capsys):
     argv = [*TINY_RUN, "--dataset", str(pairs_file), "--output-dir", str(tmp_path), "--max-steps", "2",
             "--pretrain-steps", "2"]  # fmt: skip
     assert main(argv) == 0

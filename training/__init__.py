@@ -1,5 +1,5 @@
 from vaswani.training.arguments import TrainArguments, parse_arguments
 from vaswani.training.export import save_for_hub
-from vaswani.training.run import run, run_main_job
+from vaswani.training.run import run, run_warm_start_comparison
 
-__all__ = ["TrainArguments", "parse_arguments", "run", "run_main_job", "save_for_hub"]
+__all__ = ["TrainArguments", "parse_arguments", "run", "run_warm_start_comparison", "save_for_hub"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from vaswani.training.arguments import InputError, parse_arguments
-from vaswani.training.run import RunResult, run, run_main_job
+from vaswani.training.run import RunResult, run, run_warm_start_comparison
 
 
 def report(result: RunResult) -> str:
@@ -21,7 +21,7 @@ def report(result: RunResult) -> str:
 
 
 def comparison_report(output_dir: str) -> str:
-    """The main job's answer to "does warm-starting help?", from the summary run_main_job wrote."""
+    """The answer to "does warm-starting help?", from the summary run_warm_start_comparison wrote."""
     summary = json.loads((Path(output_dir) / "warm_start_comparison.json").read_text())
     lines = ["Warm start, same translation steps:"]
     for name in ("from-scratch", "warm-started"):
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_arguments(argv)
         compares = args.compares_warm_start()
-        result = run_main_job(args) if compares else run(args)
+        result = run_warm_start_comparison(args) if compares else run(args)
     except InputError as error:  # a flag, file, dataset or checkpoint to fix: the message says which and how
         if PartialState().is_main_process:
             print(f"vaswani-train: error: {error}", file=sys.stderr)

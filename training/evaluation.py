@@ -1,5 +1,7 @@
 """Final evaluation of a run: BLEU and chrF of beam-search translations, or perplexity for mlm/clm."""
 
+import re
+
 import sacrebleu
 import torch
 from accelerate.utils import gather_object
@@ -9,6 +11,20 @@ from vaswani.training.arguments import TrainArguments
 from vaswani.training.loop import evaluate_loss
 
 EXAMPLES_SHOWN = 5
+STUTTER = re.compile(r"(\w{1,3})\1{3}")  # a piece of a word four times running: "Selelelel"
+
+
+def loops(translation: str) -> bool:
+    """Whether a translation has degenerated into a loop, the failure of an undertrained model's beam search: a run of
+    one to four words three times back to back ("de de de", "y el rey, y el rey, y el rey,") or a stutter inside a
+    word. A repeated phrase elsewhere in the verse is not a loop: scripture repeats itself."""
+    words = translation.split()
+    for size in range(1, 5):
+        for start in range(len(words) - 3 * size + 1):
+            gram = words[start : start + size]
+            if words[start + size : start + 2 * size] == gram == words[start + 2 * size : start + 3 * size]:
+                return True
+    return STUTTER.search(translation) is not None
 
 
 def corpus_scores(hypotheses: list[str], references: list[str], signatures: bool = False) -> dict:
@@ -41,6 +57,7 @@ def translation_metrics(model, tokenizer, dataset, args: TrainArguments, acceler
         )  # fmt: skip
     hypotheses = gather_object(hypotheses)
     metrics = {**corpus_scores(hypotheses, references, signatures=True), "translated_examples": count}
+    metrics["looping_translations"] = sum(map(loops, hypotheses))
     examples = [
         {"source": source, "reference": reference, "translation": hypothesis}
         for source, reference, hypothesis in list(zip(sources, references, hypotheses))[:EXAMPLES_SHOWN]

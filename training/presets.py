@@ -62,7 +62,7 @@ def apply_preset(args, explicit: set[str] = frozenset(), num_processes: int | No
     if args.preset is None:
         return args
     values = {**PAPER_RECIPE, **PRESETS[args.preset]}
-    if "max_tokens" not in explicit:
+    if "max_tokens" not in explicit and "batch_size" not in explicit:
         accumulation = args.gradient_accumulation_steps
         processes = num_processes or PartialState().num_processes
         values["max_tokens"] = per_process_max_tokens(PAPER_TOKENS_PER_STEP, accumulation, processes)

@@ -1,7 +1,8 @@
-"""A whole training run (data, tokenizer, model, loop, evaluation, export), and the main job built from runs.
+"""A whole training run (data, tokenizer, model, loop, evaluation, export), and the warm-start comparison built
+from runs.
 
-The main job (`vaswani-train` with no arguments) trains a shared English-Spanish vocabulary and translation
-models on the embedded Bible corpus. With `--pretrain-steps N` (its default) it also measures whether warm
+The main job (`vaswani-train` with no arguments) is one run: a shared English-Spanish vocabulary and a translation
+model trained from scratch on the embedded Bible corpus. With `--pretrain-steps N` it measures instead whether warm
 starting helps: it pretrains an encoder (masked LM on the source text) and a decoder (causal LM on the target
 text), then trains one translation model from scratch and one from those stacks for the same number of steps,
 and keeps the one with the lower validation loss as the final model.
@@ -187,18 +188,21 @@ def data_description(args: TrainArguments) -> str | None:
     )
 
 
+SCHEDULE_ENDS = {"linear": " (down to 0 at the last step)", "cosine": " (down to 0 at the last step)"}
+
+
 def training_description(args: TrainArguments, result: RunResult) -> str:
     warm = f" Encoder from `{args.init_encoder}`, decoder from `{args.init_decoder}`." if args.init_encoder else ""
     return (
         f"{result.state.step} steps of {global_batch_description(args, PartialState().num_processes)}, Adam "
         f"(beta2 0.98, eps 1e-9), {args.lr_scheduler} schedule peaking at {args.peak_learning_rate():.2e} after "
-        f"{args.warmup_steps} warm-up steps, label smoothing {args.label_smoothing}, dropout {args.dropout}; "
+        f"{args.warmup_steps} warm-up steps{SCHEDULE_ENDS.get(args.lr_scheduler, '')}, label smoothing {args.label_smoothing}, dropout {args.dropout}; "
         f"{result.seconds / 60:.1f} minutes in all (training, evaluation, export).{warm}"
         f"{final_weights_description(args)}"
     )
 
 
-def run_main_job(args: TrainArguments) -> RunResult:
+def run_warm_start_comparison(args: TrainArguments) -> RunResult:
     """Translation from scratch and warm-started from pretrained stacks, same steps; the one with the lower
     validation loss is kept."""
     with locked_output_folder(Path(args.output_dir)):
@@ -207,7 +211,7 @@ def run_main_job(args: TrainArguments) -> RunResult:
 
 def compare_warm_start(args: TrainArguments) -> RunResult:
     if args.streaming:  # a --preset run with an explicit --pretrain-steps, which the arguments' checks cannot see
-        raise InputError("--streaming trains one model, not the main job's five: use --pretrain-steps 0.")
+        raise InputError("--streaming trains one model, not the warm-start comparison's four: use --pretrain-steps 0.")
     started = time.perf_counter()
     output_dir = Path(args.output_dir)
     tokenizer_dir = output_dir / "tokenizer"
