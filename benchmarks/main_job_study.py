@@ -1,15 +1,18 @@
 """What buys translation quality per CPU-minute on the embedded corpus: the study behind the main job's defaults.
 
-Each variant is one `vaswani-train` run from scratch (`--pretrain-steps 0`) that changes one lever against the
-main job's current defaults: training length, learning rate and warm-up, tokens per batch, width and depth, vocabulary,
-dropout and label smoothing, checkpoint averaging. Runs go in subprocesses, `--jobs` at a time with `--threads`
-each (two single-thread runs on a 2-core machine use it fully and do not disturb each other's timings), and each
-appends one line to `OUTPUT/results.jsonl`: test BLEU and chrF (beam 4, length penalty 0.6), validation loss, and
-the CPU-minutes it took (wall minutes x threads, everything included). `--report` turns the lines gathered so far
-into a Markdown table and a plot of BLEU against CPU-minutes.
+Each variant is one `vaswani-train` command. The levers (learning rate, schedule and warm-up, tokens per batch, width
+and depth at equal time, vocabulary, dropout, label smoothing, the longest example, checkpoint averaging,
+warm-starting from pretrained stacks) each change one thing in a reference recipe; `main-job` is the defaults, which
+combine the levers that paid, and `previous-*` is the main job as it was before the study. Runs go in subprocesses,
+`--jobs` at a time with `--threads` each (two single-thread runs on a 2-core machine use it fully), and each appends
+one line to `OUTPUT/results.jsonl`: test BLEU and chrF (beam 4, length penalty 0.6), validation loss, and the
+CPU-minutes it took (wall minutes x threads, everything included). The decoding variants (beam size, length
+penalty) retrain nothing: they translate the test books again with the reference run's model. `--report` turns the
+lines gathered so far into a Markdown table and a plot of BLEU against CPU-minutes.
 
     python benchmarks/main_job_study.py --list
-    python benchmarks/main_job_study.py --variants baseline,steps-4000 --jobs 2 --threads 1
+    python benchmarks/main_job_study.py --variants reference,dropout-0.1 --jobs 2 --threads 1
+    python benchmarks/main_job_study.py --variants beams-1,beams-8      # after the reference run
     python benchmarks/main_job_study.py --report
 
 Run it on an otherwise idle machine: the minutes are the point.
@@ -25,25 +28,66 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# Every run: from scratch, the main job's data and evaluation; checkpoints rarely (they cost time, not quality).
-COMMON = ["--pretrain-steps", "0", "--save-steps", "1000", "--eval-steps", "500"]
+from vaswani.training.arguments import parse_arguments
+
+# Every run trains from scratch: the warm-start comparison is a variant of its own.
+COMMON = ["--pretrain-steps", "0"]
+# The recipe each lever was measured against, and the main job before the study, as flags on top of the defaults.
+REFERENCE = {"--max-tokens": "4096", "--max-steps": "1200", "--learning-rate": "2e-3"}
+PREVIOUS = {"--batch-size": "32", "--learning-rate": "1e-3", "--lr-scheduler": "inverse_sqrt", "--dropout": "0.1",
+            "--max-length": "64", "--max-steps": "2000"}  # fmt: skip
+
+
+def recipe(base: dict[str, str], **changes: str | None) -> list[str]:
+    """`base`'s flags, some changed (`max_steps="4000"`), added, or dropped (`batch_size=None`)."""
+    flags = {**base, **{"--" + name.replace("_", "-"): value for name, value in changes.items()}}
+    return [item for name, value in flags.items() if value is not None for item in (name, value)]
+
+
+def reference(**changes: str | None) -> list[str]:
+    return recipe(REFERENCE, **changes)
+
+
+def previous(**changes: str | None) -> list[str]:
+    return recipe(PREVIOUS, **changes)
+
+
+# Equal time: steps scaled by the time per step relative to the reference's (measured with 2 threads).
 VARIANTS = {
-    "baseline": ([], "the main job's translation run as it is (2000 steps of 32 pairs, lr 1e-3, warm-up 200)"),
-    "steps-4000": (["--max-steps", "4000"], "the same, twice as long: is the model still learning?"),
-    "steps-8000": (["--max-steps", "8000"], "four times as long"),
-    "lr-2e-3": (["--learning-rate", "2e-3"], "a higher peak learning rate"),
-    "lr-5e-4": (["--learning-rate", "5e-4"], "a lower peak learning rate"),
-    "warmup-800": (["--warmup-steps", "800"], "a longer warm-up"),
-    "tokens-2048": (["--max-tokens", "2048"], "token batches of ~55 pairs instead of 32 sentences"),
-    "tokens-4096-lr-2e-3": (["--max-tokens", "4096", "--learning-rate", "2e-3"], "~110 pairs a batch, higher lr"),
-    "width-256": (["--d-model", "256", "--ffn-dim", "1024", "--max-steps", "1000"], "wider, half the steps"),
-    "depth-3": (["--layers", "3"], "three layers per stack"),
-    "vocab-8000": (["--vocab-size", "8000"], "a larger shared vocabulary"),
-    "vocab-2000": (["--vocab-size", "2000"], "a smaller shared vocabulary"),
-    "dropout-0.3": (["--dropout", "0.3"], "more dropout (31k pairs is small data)"),
-    "smoothing-0": (["--label-smoothing", "0"], "no label smoothing"),
-    "average-5": (["--save-steps", "200", "--save-total-limit", "5", "--average-last", "5"], "the last 5 averaged"),
+    "main-job": ([], "the defaults: 2400 steps of 2048-token batches, lr 4e-3 decayed linearly to 0, no dropout"),
+    "reference": (reference(), "what each lever below changes: 1200 steps of 4096-token batches, lr 2e-3"),
+    "dropout-0.1": (reference(dropout="0.1"), "the paper's dropout"),
+    "inverse-sqrt": (reference(lr_scheduler="inverse_sqrt"), "the paper's schedule: no decay to 0 at the end"),
+    "lr-4e-3": (reference(learning_rate="4e-3"), "a higher peak learning rate"),
+    "lr-1e-3": (reference(learning_rate="1e-3"), "a lower peak learning rate"),
+    "warmup-600": (reference(warmup_steps="600"), "a longer warm-up"),
+    "tokens-2048": (reference(max_tokens="2048", max_steps="2400"), "half the batch, twice the steps (equal tokens)"),
+    "tokens-8192": (reference(max_tokens="8192", max_steps="600"), "twice the batch, half the steps (equal tokens)"),
+    "vocab-2000": (reference(vocab_size="2000", max_steps="1400"), "a smaller vocabulary (cheaper steps: equal time)"),
+    "vocab-8000": (reference(vocab_size="8000"), "a larger vocabulary (about as fast per step)"),
+    "width-192": (reference(d_model="192", ffn_dim="768", max_steps="930"), "wider, equal time"),
+    "width-256": (reference(d_model="256", ffn_dim="1024", max_steps="640"), "wider still, equal time"),
+    "depth-3": (reference(layers="3", max_steps="1030"), "three layers per stack, equal time"),
+    "smoothing-0": (reference(label_smoothing="0"), "no label smoothing"),
+    "max-length-64": (reference(max_length="64"), "examples cut at 64 tokens (a fifth of the test verses are longer)"),
+    "average-5": (reference(save_steps="100", save_total_limit="5", average_last="5"), "the last 5 averaged"),
+    "warm-start": (reference(pretrain_steps="300"), "pretrain an encoder (mlm) and a decoder (clm), 300 steps each"),
+    "beams-1": (reference(num_beams="1"), "greedy decoding"),
+    "beams-8": (reference(num_beams="8"), "a wider beam"),
+    "length-penalty-1.0": (reference(length_penalty="1.0"), "a stronger length normalisation"),
+    "previous-main-job": (previous(), "the main job before this study: 2000 steps of 32 pairs, lr 1e-3, inverse sqrt"),
+    "previous-steps-4000": (previous(max_steps="4000"), "the same, twice as long"),
+    "previous-lr-2e-3": (previous(learning_rate="2e-3"), "the same, higher learning rate"),
+    "previous-tokens-4096-lr-2e-3": (
+        previous(batch_size=None, max_tokens="4096", learning_rate="2e-3"), "token batches, higher learning rate"
+    ),
+    "previous-average-5": (
+        previous(save_steps="200", save_total_limit="5", average_last="5"), "its last 5 checkpoints averaged"
+    ),
 }
+# Decoding variants change nothing in training: they are scored on the reference run's model (decode_variants).
+DECODED_FROM = "reference"
+DECODING = ("beams-1", "beams-8", "length-penalty-1.0")
 
 
 def command(name: str, output: Path) -> list[str]:
@@ -60,43 +104,97 @@ def run_variant(name: str, output: Path, threads: int) -> dict:
     minutes = (time.perf_counter() - started) / 60
     if finished.returncode:
         return {"variant": name, "error": f"exit {finished.returncode}, see {log}"}
-    metrics = json.loads((output / name / "model" / "all_results.json").read_text())
-    return {
-        "variant": name, "flags": " ".join(VARIANTS[name][0]), "bleu": metrics["bleu"], "chrf": metrics["chrf"],
-        "validation_loss": metrics["validation_loss"], "wall_minutes": minutes, "cpu_minutes": minutes * threads,
-        "threads": threads,
-    }  # fmt: skip
+    result = {"variant": name, "flags": " ".join(VARIANTS[name][0]), "wall_minutes": minutes, "threads": threads}
+    comparison = output / name / "warm_start_comparison.json"
+    if comparison.exists():  # the warm-started model, timed without the from-scratch run it was compared with
+        summary = json.loads(comparison.read_text())
+        minutes -= summary["minutes"]["from-scratch"]
+        metrics = summary["warm-started"]
+        result["from_scratch_bleu"] = summary["from-scratch"]["bleu"]
+    else:
+        metrics = json.loads((output / name / "model" / "all_results.json").read_text())
+    scores = {key: metrics[key] for key in ("bleu", "chrf", "validation_loss")}
+    return {**result, **scores, "cpu_minutes": minutes * threads}
+
+
+def decode_variants(names: list[str], output: Path, threads: int) -> list[dict]:
+    """The decoding variants scored on the model of the finished DECODED_FROM run: its training is theirs, so only the
+    test translations are redone. Their CPU-minutes are that run's, with its decoding time swapped for theirs."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from vaswani import VaswaniForConditionalGeneration
+    from vaswani.modeling.pipelines import translate
+    from vaswani.training.corpus import load_parallel_corpus
+    from vaswani.training.evaluation import corpus_scores
+
+    torch.set_num_threads(threads)
+    trained = newest_results(output)[DECODED_FROM]
+    model_dir = output / DECODED_FROM / "model"
+    model = VaswaniForConditionalGeneration.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    test = load_parallel_corpus()["test"]
+
+    def decode(name: str) -> tuple[dict, float]:
+        arguments = parse_arguments(command(name, output)[3:])
+        started = time.perf_counter()
+        hypotheses = translate(
+            model, tokenizer, test[arguments.source_column], num_beams=arguments.num_beams,
+            length_penalty=arguments.length_penalty, max_new_tokens=arguments.max_length + 50,
+        )  # fmt: skip
+        return corpus_scores(hypotheses, test[arguments.target_column]), (time.perf_counter() - started) / 60
+
+    _, trained_minutes = decode(DECODED_FROM)
+    rows = []
+    for name in names:
+        scores, minutes = decode(name)
+        cpu_minutes = trained["cpu_minutes"] + (minutes - trained_minutes) * threads
+        rows.append({
+            "variant": name, "flags": " ".join(VARIANTS[name][0]), **scores, "cpu_minutes": cpu_minutes,
+            "validation_loss": trained["validation_loss"], "decoded_from": DECODED_FROM, "threads": threads,
+        })  # fmt: skip
+    return rows
+
+
+def record(result: dict, output: Path) -> None:
+    with (output / "results.jsonl").open("a") as file:  # one short write per run: parallel runs do not interleave
+        file.write(json.dumps(result) + "\n")
+    print(json.dumps(result), file=sys.stderr, flush=True)
 
 
 def run_study(names: list[str], output: Path, jobs: int, threads: int) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    results = output / "results.jsonl"
 
     def run_and_record(name: str) -> None:
-        result = run_variant(name, output, threads)
-        with results.open("a") as file:  # one short write per run: parallel runs do not interleave lines
-            file.write(json.dumps(result) + "\n")
-        print(json.dumps(result), file=sys.stderr, flush=True)
+        record(run_variant(name, output, threads), output)
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(run_and_record, names))
 
 
+def newest_results(output: Path) -> dict[str, dict]:
+    """The newest successful line of each variant in OUTPUT/results.jsonl."""
+    lines = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines() if line.strip()]
+    return {result["variant"]: result for result in lines if "error" not in result}
+
+
 def report(output: Path) -> str:
     """The results gathered so far (the newest line of each variant) as a Markdown table, and the plot."""
-    lines = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines() if line.strip()]
-    newest = {result["variant"]: result for result in lines if "error" not in result}
-    rows = sorted(newest.values(), key=lambda result: -result["bleu"])
+    rows = sorted(newest_results(output).values(), key=lambda result: -result["bleu"])
     table = ["| variant | flags | test BLEU | chrF | validation loss | CPU-minutes | BLEU per CPU-hour |",
              "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for result in rows:
         table.append(
             f"| {result['variant']} | `{result['flags'] or '(defaults)'}` | {result['bleu']:.2f} | {result['chrf']:.2f} "
-            f"| {result['validation_loss']:.3f} | {result['cpu_minutes']:.1f} | "
+            f"| {format_loss(result.get('validation_loss'))} | {result['cpu_minutes']:.1f} | "
             f"{60 * result['bleu'] / result['cpu_minutes']:.1f} |"
         )
     plot(rows, output / "bleu_vs_cpu_minutes.png")
     return "\n".join(table)
+
+
+def format_loss(loss: float | None) -> str:
+    return "-" if loss is None else f"{loss:.3f}"  # None: scored on a model that was not evaluated on validation
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -133,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.report:
         print(report(args.output))
     else:
-        run_study(names, args.output, args.jobs, args.threads)
+        run_study([name for name in names if name not in DECODING], args.output, args.jobs, args.threads)
+        for row in decode_variants([name for name in names if name in DECODING], args.output, args.threads):
+            record(row, args.output)
     return 0
 
 

@@ -1,13 +1,18 @@
 """The main-job study (benchmarks/main_job_study.py): every variant is a valid `vaswani-train` command that changes
-what it says, and the report reads what the runs recorded."""
+what it says, the warm-start and decoding variants record the model they are about, and the report reads what the
+runs recorded."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
+from datasets import Dataset, DatasetDict
 
-from conftest import import_script
-from vaswani.training.arguments import TrainArguments, parse_arguments
+from conftest import corpus_tokenizer, import_script, tiny_model
+from vaswani import VaswaniForConditionalGeneration
+from vaswani.training import corpus
+from vaswani.training.arguments import parse_arguments
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "main_job_study.py"
 
@@ -17,31 +22,75 @@ def study():
     return import_script(SCRIPT)
 
 
-@pytest.mark.parametrize("name", ["baseline", "steps-4000", "tokens-2048", "width-256", "average-5", "smoothing-0"])
-def test_each_variant_is_a_valid_training_command_that_changes_one_lever(study, name, tmp_path):
-    argv = study.command(name, tmp_path)[3:]  # without `python -m vaswani.training`
-    arguments = parse_arguments(argv)
-    baseline = parse_arguments(study.command("baseline", tmp_path)[3:])
-    changed = {key for key, value in vars(arguments).items() if value != vars(baseline)[key]} - {"output_dir"}
-    assert (changed == set()) == (name == "baseline"), changed
-    assert arguments.pretrain_steps == 0 and isinstance(arguments, TrainArguments)
+def changed_options(study, name: str, folder: Path) -> set[str]:
+    arguments = vars(parse_arguments(study.command(name, folder)[3:]))
+    main_job = vars(parse_arguments(study.command("main-job", folder)[3:]))
+    return {key for key, value in arguments.items() if value != main_job[key]} - {"output_dir"}
 
 
-def test_every_variant_parses(study, tmp_path):
-    for name in study.VARIANTS:
-        parse_arguments(study.command(name, tmp_path)[3:])
+def test_the_main_job_variant_is_vaswani_train_without_options(study, tmp_path):
+    assert study.VARIANTS["main-job"][0] == []
+    defaults = vars(parse_arguments(["--output-dir", str(tmp_path / "main-job")]))
+    assert vars(parse_arguments(study.command("main-job", tmp_path)[3:])) == defaults
+
+
+@pytest.mark.parametrize("name", [name for name in import_script(SCRIPT).VARIANTS if name != "main-job"])
+def test_each_variant_changes_exactly_the_options_it_names(study, name, tmp_path):
+    flags = study.VARIANTS[name][0]
+    named = {flag[2:].replace("-", "_") for flag in flags if flag.startswith("--")}
+    # --batch-size switches token batches off: max_tokens is then unset, the one option it changes unnamed.
+    implied = {"max_tokens"} if "batch_size" in named else set()
+    changed = changed_options(study, name, tmp_path)
+    assert changed and changed <= named | implied, (changed, named)
+
+
+def test_the_warm_start_variant_records_the_warm_started_model_and_its_own_minutes(study, tmp_path, monkeypatch):
+    summary = {"from-scratch": {"bleu": 16.0, "chrf": 40.0, "validation_loss": 2.9},
+               "warm-started": {"bleu": 14.0, "chrf": 38.0, "validation_loss": 2.8},
+               "minutes": {"total": 30.0, "from-scratch": 12.0}}  # fmt: skip
+
+    def finished_run(command, **kwargs):
+        run_dir = Path(command[command.index("--output-dir") + 1])
+        run_dir.mkdir(parents=True)
+        (run_dir / "warm_start_comparison.json").write_text(json.dumps(summary))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(study.subprocess, "run", finished_run)
+    result = study.run_variant("warm-start", tmp_path, threads=2)
+    assert parse_arguments(study.command("warm-start", tmp_path)[3:]).pretrain_steps == 300
+    assert (result["bleu"], result["chrf"], result["validation_loss"]) == (14.0, 38.0, 2.8)
+    assert result["from_scratch_bleu"] == 16.0
+    assert result["cpu_minutes"] == pytest.approx(2 * (result["wall_minutes"] - 12.0))
+
+
+def test_decoding_variants_translate_again_with_the_reference_model(study, tmp_path, monkeypatch):
+    tokenizer = corpus_tokenizer(model_max_length=128)
+    model_dir = tmp_path / "reference" / "model"
+    tiny_model(VaswaniForConditionalGeneration, tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    test = Dataset.from_dict({"en": ["In the beginning.", "And God said."], "es": ["En el principio.", "Y dijo Dios."]})
+    monkeypatch.setattr(corpus, "load_parallel_corpus", lambda: DatasetDict({"test": test}))
+    reference = {"variant": "reference", "flags": "", "bleu": 5.0, "chrf": 20.0, "validation_loss": 3.0, "cpu_minutes": 20}
+    (tmp_path / "results.jsonl").write_text(json.dumps(reference) + "\n")
+
+    rows = study.decode_variants(["beams-1", "length-penalty-1.0"], tmp_path, threads=1)
+    assert [row["variant"] for row in rows] == ["beams-1", "length-penalty-1.0"]
+    for row in rows:
+        assert row["decoded_from"] == "reference" and row["validation_loss"] == 3.0
+        assert 0 <= row["bleu"] <= 100 and row["chrf"] >= 0
+        assert row["cpu_minutes"] == pytest.approx(20, abs=1)  # the reference's, decoding time swapped
 
 
 def test_report_ranks_the_newest_result_of_each_variant_and_plots(study, tmp_path):
     results = [
-        {"variant": "baseline", "flags": "", "bleu": 9.0, "chrf": 25.0, "validation_loss": 4.0, "cpu_minutes": 8.0},
-        {"variant": "lr-2e-3", "flags": "--learning-rate 2e-3", "bleu": 11.0, "chrf": 28.0, "validation_loss": 3.8,
+        {"variant": "reference", "flags": "", "bleu": 9.0, "chrf": 25.0, "validation_loss": 4.0, "cpu_minutes": 8.0},
+        {"variant": "lr-1e-3", "flags": "--learning-rate 1e-3", "bleu": 11.0, "chrf": 28.0, "validation_loss": 3.8,
          "cpu_minutes": 8.0},
-        {"variant": "baseline", "flags": "", "bleu": 10.0, "chrf": 26.0, "validation_loss": 3.9, "cpu_minutes": 9.0},
+        {"variant": "reference", "flags": "", "bleu": 10.0, "chrf": 26.0, "validation_loss": 3.9, "cpu_minutes": 9.0},
         {"variant": "depth-3", "error": "exit 1"},
     ]  # fmt: skip
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(result) + "\n" for result in results))
     table = study.report(tmp_path).splitlines()
-    assert [row.split("|")[1].strip() for row in table[2:]] == ["lr-2e-3", "baseline"]
-    assert "| 10.00 |" in table[3] and "66.7" in table[3]  # the newer baseline; 60 * 10 / 9 BLEU per CPU-hour
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["lr-1e-3", "reference"]
+    assert "| 10.00 |" in table[3] and "66.7" in table[3]  # the newer reference; 60 * 10 / 9 BLEU per CPU-hour
     assert (tmp_path / "bleu_vs_cpu_minutes.png").stat().st_size > 0
