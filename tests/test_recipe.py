@@ -400,6 +400,6 @@ def test_the_tokenizer_sample_is_n_training_examples_drawn_by_the_seed():
 
 
 def test_the_warm_start_pretraining_runs_leave_the_translation_options_out():
-    args = parse_arguments(["--eval-bleu-steps", "500", "--keep-best", "--metric-for-best", "bleu", "--pretrain-steps", "7"])
+    args = parse_arguments(["--eval-bleu-steps", "400", "--keep-best", "--metric-for-best", "bleu", "--pretrain-steps", "7"])
     masked_lm = replace(args, objective="mlm", max_steps=args.pretrain_steps, **PRETRAINING_SELECTION)  # validated again
     assert (masked_lm.keep_best, masked_lm.eval_bleu_steps, masked_lm.average_last) == (False, 0, 0)
