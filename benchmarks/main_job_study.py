@@ -173,8 +173,9 @@ def run_study(names: list[str], output: Path, jobs: int, threads: int) -> None:
 
 
 def newest_results(output: Path) -> dict[str, dict]:
-    """The newest successful line of each variant in OUTPUT/results.jsonl."""
-    lines = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines() if line.strip()]
+    """The newest successful line of each variant in OUTPUT/results.jsonl (none before the first run)."""
+    results = output / "results.jsonl"
+    lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.exists() else []
     return {result["variant"]: result for result in lines if "error" not in result}
 
 
@@ -232,8 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         print(report(args.output))
     else:
         run_study([name for name in names if name not in DECODING], args.output, args.jobs, args.threads)
-        for row in decode_variants([name for name in names if name in DECODING], args.output, args.threads):
-            record(row, args.output)
+        if decoding := [name for name in names if name in DECODING]:
+            if DECODED_FROM not in newest_results(args.output):
+                needed = f"run --variants {DECODED_FROM}"
+                parser.error(f"{', '.join(decoding)} decode the {DECODED_FROM} run's model: {needed}")
+            for row in decode_variants(decoding, args.output, args.threads):
+                record(row, args.output)
     return 0
 
 

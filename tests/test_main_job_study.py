@@ -70,7 +70,8 @@ def test_decoding_variants_translate_again_with_the_reference_model(study, tmp_p
     tokenizer.save_pretrained(model_dir)
     test = Dataset.from_dict({"en": ["In the beginning.", "And God said."], "es": ["En el principio.", "Y dijo Dios."]})
     monkeypatch.setattr(corpus, "load_parallel_corpus", lambda: DatasetDict({"test": test}))
-    reference = {"variant": "reference", "flags": "", "bleu": 5.0, "chrf": 20.0, "validation_loss": 3.0, "cpu_minutes": 20}
+    reference = {"variant": "reference", "flags": "", "bleu": 5.0, "chrf": 20.0, "validation_loss": 3.0,
+                 "cpu_minutes": 20}  # fmt: skip
     (tmp_path / "results.jsonl").write_text(json.dumps(reference) + "\n")
 
     rows = study.decode_variants(["beams-1", "length-penalty-1.0"], tmp_path, threads=1)
@@ -94,3 +95,9 @@ def test_report_ranks_the_newest_result_of_each_variant_and_plots(study, tmp_pat
     assert [row.split("|")[1].strip() for row in table[2:]] == ["lr-1e-3", "reference"]
     assert "| 10.00 |" in table[3] and "66.7" in table[3]  # the newer reference; 60 * 10 / 9 BLEU per CPU-hour
     assert (tmp_path / "bleu_vs_cpu_minutes.png").stat().st_size > 0
+
+
+def test_decoding_variants_without_a_reference_run_are_refused_by_name(study, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        study.main(["--variants", "beams-8", "--output", str(tmp_path)])
+    assert "beams-8 decode the reference run's model: run --variants reference" in capsys.readouterr().err

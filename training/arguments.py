@@ -271,8 +271,8 @@ class TrainArguments:
             self.check_streaming()
         if self.resume not in (None, "latest") and self.compares_warm_start():
             raise InputError(
-                "--resume FOLDER names one run's checkpoint, but the warm-start comparison (--pretrain-steps > 0) makes "
-                "four runs: use --resume latest, which resumes each of them, or --pretrain-steps 0."
+                "--resume FOLDER names one run's checkpoint, but the warm-start comparison (--pretrain-steps > 0) "
+                "makes four runs: use --resume latest, which resumes each of them, or --pretrain-steps 0."
             )
 
     def check_streaming(self) -> None:

@@ -196,7 +196,8 @@ def training_description(args: TrainArguments, result: RunResult) -> str:
     return (
         f"{result.state.step} steps of {global_batch_description(args, PartialState().num_processes)}, Adam "
         f"(beta2 0.98, eps 1e-9), {args.lr_scheduler} schedule peaking at {args.peak_learning_rate():.2e} after "
-        f"{args.warmup_steps} warm-up steps{SCHEDULE_ENDS.get(args.lr_scheduler, '')}, label smoothing {args.label_smoothing}, dropout {args.dropout}; "
+        f"{args.warmup_steps} warm-up steps{SCHEDULE_ENDS.get(args.lr_scheduler, '')}, label smoothing "
+        f"{args.label_smoothing}, dropout {args.dropout}; "
         f"{result.seconds / 60:.1f} minutes in all (training, evaluation, export).{warm}"
         f"{final_weights_description(args)}"
     )

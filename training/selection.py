@@ -22,8 +22,8 @@ from vaswani.training.evaluation import translation_metrics
 from vaswani.training.loop import evaluate_loss, evaluation_loader
 
 BEST = "best"  # OUTPUT_DIR/best: model.safetensors and best.json (step and metrics)
-# The warm-start comparison's pretraining runs (mlm, clm) end with their last weights: BLEU, best-model and averaging options
-# are for the translation runs.
+# The warm-start comparison's pretraining runs (mlm, clm) end with their last weights: BLEU, best-model and
+# averaging options are for the translation runs.
 PRETRAINING_SELECTION = {
     "average_last": 0, "keep_best": False, "early_stopping": 0, "eval_bleu_steps": 0, "metric_for_best": "loss"
 }
