@@ -104,6 +104,18 @@ def test_unknown_objective_is_rejected_by_the_parser(capsys):
 # ----------------------------------------------------------------------------------------------- schedule
 
 
+def test_the_default_schedule_warms_up_then_decays_linearly_to_zero_at_the_last_step():
+    args = TrainArguments(max_steps=400, warmup_steps=100)
+    optimizer, scheduler = build_optimizer_and_scheduler(torch.nn.Linear(2, 2), args)
+    learning_rates = {}
+    for step in range(1, 401):
+        optimizer.step()
+        scheduler.step()
+        learning_rates[step] = scheduler.get_last_lr()[0]
+    peak = args.learning_rate
+    assert [learning_rates[step] / peak for step in (50, 100, 250, 400)] == pytest.approx([0.5, 1.0, 0.5, 0.0])
+
+
 def test_schedule_and_optimiser_follow_the_paper():
     """lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) (§5.3), with Adam(0.9, 0.98, 1e-9)."""
     args = TrainArguments(d_model=512, warmup_steps=4000, max_steps=100_000, learning_rate=0, lr_scheduler="inverse_sqrt")
