@@ -17,9 +17,9 @@ from vaswani.training.__main__ import main
 from vaswani.training.arguments import InputError, TrainArguments, parse_arguments
 from vaswani.training.build import build_model, warm_start
 from vaswani.training.data import build_collator, load_raw_dataset, tokenize_blocks, tokenize_pairs
-from vaswani.training.loop import LATEST, build_optimizer_and_scheduler, resolve_resume
+from vaswani.training.loop import LATEST, TrainingState, build_optimizer_and_scheduler, resolve_resume
 from vaswani.training.export import save_for_hub
-from vaswani.training.run import data_description, run
+from vaswani.training.run import RunResult, data_description, run, training_description
 
 REPOSITORY = Path(__file__).parents[1]
 TINY_MODEL = "--d-model 32 --layers 1 --heads 2 --ffn-dim 64 --vocab-size 300 --max-length 48".split()
@@ -93,6 +93,16 @@ def test_model_card_names_the_embedded_corpus_and_its_licences(tmp_path, tokeniz
     assert "## Data and licence" in card and "World English Bible" in card
     save_for_hub(model, tokenizer, tmp_path / "other", card={})
     assert "## Data and licence" not in (tmp_path / "other" / "README.md").read_text()
+
+
+def test_model_card_says_where_the_schedule_ends():
+    def described(args: TrainArguments) -> str:
+        return training_description(args, RunResult(args, Path("model"), {}, [], TrainingState(step=2400), 690.0))
+
+    linear = described(TrainArguments())
+    assert "linear schedule peaking at 4.00e-03 after 200 warm-up steps (down to 0 at the last step)" in linear
+    assert "2400 steps of 2048 tokens" in linear and "11.5 minutes in all" in linear
+    assert "down to 0" not in described(TrainArguments(lr_scheduler="inverse_sqrt"))
 
 
 def test_unknown_objective_is_rejected_by_the_parser(capsys):
