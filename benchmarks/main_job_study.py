@@ -63,7 +63,9 @@ VARIANTS = {
     "warmup-600": (reference(warmup_steps="600"), "a longer warm-up"),
     "tokens-2048": (reference(max_tokens="2048", max_steps="2400"), "half the batch, twice the steps (equal tokens)"),
     "tokens-8192": (reference(max_tokens="8192", max_steps="600"), "twice the batch, half the steps (equal tokens)"),
-    "vocab-2000": (reference(vocab_size="2000", max_steps="1400"), "a smaller vocabulary (cheaper steps, so 1400 of them)"),
+    "vocab-2000": (
+        reference(vocab_size="2000", max_steps="1400"), "a smaller vocabulary (cheaper steps, so 1400 of them)"
+    ),
     "vocab-8000": (reference(vocab_size="8000"), "a larger vocabulary (about as fast per step)"),
     "width-192": (reference(d_model="192", ffn_dim="768", max_steps="930"), "wider, equal time"),
     "width-256": (reference(d_model="256", ffn_dim="1024", max_steps="640"), "wider still, equal time"),
