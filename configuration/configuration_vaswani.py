@@ -25,8 +25,9 @@ source and target always share the embedding, as they share one vocabulary).
 
 Label smoothing is a training choice, not part of the model: like every transformers model, `loss` is plain
 cross-entropy unless asked otherwise, so `label_smoothing` defaults to 0.0 and users can compare losses across
-models. The paper's 0.1 comes with the recipe: the presets `base()` and `big()`, `vaswani-train --objective
-seq2seq`, or `Trainer`'s `label_smoothing_factor=0.1`. When set, the model smooths in training mode only.
+models. The paper's 0.1 comes with the recipe: `vaswani-train` applies it in its own loss (its exported configs
+say 0.0), `Trainer` with `label_smoothing_factor=0.1`; the presets `base()` and `big()` set it here for a loop that
+uses the model's own loss. When set, the model smooths in training mode only.
 
 The same config serves every view of the model; two flags say which stacks a view builds:
 `is_encoder_decoder=True` (both, the default), `is_decoder=True` (decoder only, causal LM), neither

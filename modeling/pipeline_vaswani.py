@@ -6,7 +6,7 @@
 - An exported checkpoint carries this file and names it in its config's `custom_pipelines`, so
   `pipeline("translation", model=folder_or_repo, trust_remote_code=True)` works where `vaswani` is not installed.
 
-This file is copied into checkpoints: it imports nothing of ours (see STYLE.md).
+This file is copied into checkpoints, where `vaswani` may not be installed: it imports nothing of ours.
 """
 
 from transformers import AutoModelForSeq2SeqLM, Pipeline

@@ -24,7 +24,6 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -33,7 +32,9 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
 from vaswani.configuration import VaswaniConfig
+from vaswani.configuration.errors import InputError
 from vaswani.modeling import ctranslate2_export
+from vaswani.modeling.batching import pack
 from vaswani.modeling.modeling_vaswani import VaswaniForConditionalGeneration
 from vaswani.modeling.pipeline_vaswani import EXTRA_OUTPUT_TOKENS
 
@@ -41,10 +42,6 @@ DEFAULT_MAX_TOKENS = 4096
 # What makes a converted copy stale: the weights, the config and the tokenizer it was made from.
 SOURCE_FILES = ("config.json", "*.safetensors", "*.bin", *ctranslate2_export.TOKENIZER_FILES)
 CONVERSION_FORMAT = 1  # bump when the export changes, so that cached conversions are redone
-
-
-class InputError(Exception):
-    """A problem with what the user gave (a path, an option): reported in one line, without a traceback."""
 
 
 # ----------------------------------------------------------------------------------------------- backends
@@ -177,20 +174,13 @@ def read_lines(path: str | None) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def length_batches(lengths: dict[int, int], max_tokens: int | None, batch_size: int | None) -> Iterator[list[int]]:
+def length_batches(lengths: dict[int, int], max_tokens: int | None, batch_size: int | None) -> list[list[int]]:
     """Line indices in batches, longest sentences first (a batch too large for memory fails at once, not at the
     end): at most `batch_size` sentences, or at most `max_tokens` source tokens once padded to the longest."""
-    order = sorted(lengths, key=lambda index: -lengths[index])
-    batch: list[int] = []
-    for index in order:
-        too_many = batch_size is not None and len(batch) == batch_size
-        too_long = max_tokens is not None and (len(batch) + 1) * lengths[batch[0] if batch else index] > max_tokens
-        if batch and (too_many or too_long):
-            yield batch
-            batch = []
-        batch.append(index)
-    if batch:
-        yield batch
+    indices = list(lengths)
+    sizes = [lengths[index] for index in indices]
+    longest_first = sorted(range(len(indices)), key=lambda position: -sizes[position])
+    return [[indices[position] for position in batch] for batch in pack(longest_first, sizes, max_tokens, batch_size)]
 
 
 def tokenize(tokenizer, lines: dict[int, str], max_length: int) -> dict[int, list[int]]:

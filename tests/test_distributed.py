@@ -24,9 +24,11 @@ from transformers.distributed.parallel_utils import replace_layer_number_by_wild
 
 from vaswani import VaswaniForCausalLM, VaswaniForConditionalGeneration, VaswaniForMaskedLM, train_tokenizer
 from vaswani.training.__main__ import main
-from vaswani.training.arguments import InputError, parse_arguments
+from vaswani.configuration.errors import InputError
+from vaswani.training.arguments import parse_arguments
 from vaswani.training.corpus import load_parallel_corpus
-from vaswani.training.loop import LATEST, build_accelerator
+from vaswani.training.checkpoints import LATEST
+from vaswani.training.distributed import build_accelerator
 
 REPOSITORY = Path(__file__).parents[1]
 FSDP_CPU_CONFIG = REPOSITORY / "training" / "accelerate_configs" / "fsdp_cpu.yaml"
@@ -266,4 +268,4 @@ def test_a_deepspeed_config_on_a_machine_without_gpus_is_refused_by_name(monkeyp
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
     with pytest.raises(InputError, match="DeepSpeed through Accelerate needs GPUs.*fsdp_cpu.yaml"):
-        build_accelerator(parse_arguments(["--output-dir", str(tmp_path)]))
+        build_accelerator("auto", 1, True, tmp_path)

@@ -28,8 +28,8 @@ from vaswani.training.batching import (
 )
 from vaswani.training.corpus import load_parallel_corpus
 from vaswani.training.evaluation import loops
-from vaswani.training.loop import TrainingState
-from vaswani.training.presets import tokenizer_training_data
+from vaswani.training.build import tokenizer_training_data
+from vaswani.training.checkpoints import TrainingState
 from vaswani.training.run import run
 from vaswani.training.selection import PRETRAINING_SELECTION, ModelSelection
 
@@ -391,11 +391,10 @@ def test_the_readmes_wmt14_commands_run_on_cpu_with_tiny_dimensions(tmp_path, wm
 
 def test_the_tokenizer_sample_is_n_training_examples_drawn_by_the_seed():
     corpus = load_parallel_corpus()
-    args = parse_arguments(["--tokenizer-sample", "50"])
-    sample = tokenizer_training_data(corpus, args)
+    sample = tokenizer_training_data(corpus, sample=50, seed=42)
     assert len(sample["train"]) == 50 and len(set(sample["train"]["en"])) == 50
-    assert sample["train"]["en"] == tokenizer_training_data(corpus, args)["train"]["en"]
-    assert sample["train"]["en"] != tokenizer_training_data(corpus, replace(args, seed=1))["train"]["en"]
+    assert sample["train"]["en"] == tokenizer_training_data(corpus, 50, 42)["train"]["en"]
+    assert sample["train"]["en"] != tokenizer_training_data(corpus, 50, 1)["train"]["en"]
     assert sample["validation"] is corpus["validation"]
 
 

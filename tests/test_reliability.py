@@ -19,11 +19,13 @@ from transformers import AutoTokenizer
 from conftest import write_pairs_file
 from vaswani import train_tokenizer
 from vaswani.training.__main__ import main
-from vaswani.training.arguments import InputError, TrainArguments, parse_arguments
+from vaswani.configuration.errors import InputError
+from vaswani.configuration.files import replacing_folder
+from vaswani.training.arguments import TrainArguments, parse_arguments
 from vaswani.training.build import build_model, build_tokenizer
 from vaswani.training.data import load_raw_dataset, tokenize_pairs
-from vaswani.training.export import replacing_folder, save_for_hub
-from vaswani.training.loop import LATEST, MANIFEST, STATE_FILE, TOKENIZER, resolve_resume, write_manifest
+from vaswani.training.export import save_for_hub
+from vaswani.training.checkpoints import LATEST, MANIFEST, STATE_FILE, TOKENIZER, resolve_resume, write_manifest
 from vaswani.training.run import LOCK_FILE, locked_output_folder, run
 
 TINY_RUN = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ffn-dim", "64", "--vocab-size", "300",
@@ -113,7 +115,7 @@ def test_latest_is_followed_only_inside_the_runs_checkpoints_folder(how, checkpo
         (root / "step-0000009").symlink_to(checkpoint, target_is_directory=True)
     (root / LATEST).write_text(latest)
     with pytest.raises(InputError, match="which is not a checkpoint folder inside .* it is not followed"):
-        resolve_resume(parse_arguments(["--output-dir", str(tmp_path / "out"), "--resume", "latest"]))
+        resolve_resume("latest", tmp_path / "out")
 
 
 def test_resume_latest_without_a_checkpoint_says_it_starts_from_scratch(pairs_file, tmp_path, capsys):
@@ -148,9 +150,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(damage, checkpoint, pai
 def test_resume_at_a_model_folder_says_to_use_init_model(finished_run, tmp_path):
     model_dir = finished_run / "model"
     with pytest.raises(InputError, match=f"--resume {model_dir} is a model folder, not a checkpoint.*--init-model"):
-        resolve_resume(parse_arguments(
-            ["--output-dir", str(tmp_path), "--resume", str(model_dir), "--pretrain-steps", "0"]
-        ))
+        resolve_resume(str(model_dir), tmp_path)
 
 
 def test_damaged_model_and_tokenizer_folders_are_named(finished_run, pairs_file, tmp_path):
@@ -343,7 +343,7 @@ def test_sharded_checkpoint_metadata_is_read_with_only_its_own_types(checkpoint,
     allow-list, a crafted one is refused before anything loads it."""
     import torch.distributed.checkpoint as dcp
 
-    from vaswani.training.loop import checkpoint_problem
+    from vaswani.training.checkpoints import checkpoint_problem
 
     model = torch.nn.Linear(3, 2)
     with pytest.warns(UserWarning, match="single process"):

@@ -14,14 +14,14 @@ from transformers import AutoTokenizer
 from conftest import save_pairs_tokenizer, write_pairs_file
 from vaswani.training.arguments import parse_arguments
 from vaswani.training.corpus import load_parallel_corpus
+from vaswani.training.batching import StreamBatches
 from vaswani.training.data import (
-    StreamBatches,
     StreamingSplits,
     load_streaming_dataset,
     process_stream,
     stream_encoders,
 )  # fmt: skip
-from vaswani.training.presets import tokenizer_training_data
+from vaswani.training.build import tokenizer_training_data
 from vaswani.training.run import run
 
 TINY_RUN = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ffn-dim", "64", "--vocab-size", "300",
@@ -64,14 +64,14 @@ def test_the_training_split_is_a_stream_and_the_first_examples_are_held_out_for_
 
 def test_the_tokenizer_sample_is_the_first_examples_of_the_training_stream(pairs_file):
     splits = load_streaming_dataset(str(pairs_file), validation_examples=16, text_columns=["en", "es"])
-    sample = tokenizer_training_data(splits, parse_arguments([*STREAM, "--tokenizer-sample", "10"]))["train"]
+    sample = tokenizer_training_data(splits, sample=10, seed=42)["train"]
     assert isinstance(sample, Dataset) and sample["en"] == english_of(pairs_file)[16:26]
 
 
 def process_part(splits, tokenizer, args, rank: int, world_size: int) -> list[tuple[int, ...]]:
     """The source ids of one epoch of a process's part of the training stream."""
     stream = process_stream(splits["train"], splits.sharding, rank, world_size, args.seed, args.shuffle_buffer,
-                            *stream_encoders(tokenizer, args))  # fmt: skip
+                            args.text_columns(), stream_encoders(tokenizer, args.text_columns(), args.max_length))  # fmt: skip
     return [tuple(example["input_ids"]) for example in stream]
 
 
@@ -155,7 +155,7 @@ def test_streaming_training_resumes_exactly(batching, tmp_path, pairs_file, toke
 
 
 def test_a_streaming_checkpoint_resumes_only_with_as_many_processes(tmp_path, pairs_file, tokenizer_dir):
-    from vaswani.training.loop import write_manifest
+    from vaswani.training.checkpoints import write_manifest
 
     run(stream_args(tmp_path, pairs_file, tokenizer_dir, "--batch-size", "8", "--max-steps", "1"))
     checkpoint = tmp_path / "checkpoints" / "step-0000001"

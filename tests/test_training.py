@@ -12,12 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_pairs_file
-from vaswani import VaswaniForCausalLM, VaswaniForMaskedLM, train_tokenizer
+from vaswani import VaswaniConfig, VaswaniForCausalLM, VaswaniForMaskedLM, train_tokenizer
+from vaswani.configuration.errors import InputError
 from vaswani.training.__main__ import main
-from vaswani.training.arguments import InputError, TrainArguments, parse_arguments
-from vaswani.training.build import build_model, warm_start
+from vaswani.training.arguments import TrainArguments, parse_arguments
+from vaswani.training.build import MODEL_CLASSES, build_model, warm_start
+from vaswani.training.checkpoints import LATEST, TrainingState, resolve_resume
 from vaswani.training.data import build_collator, load_raw_dataset, tokenize_blocks, tokenize_pairs
-from vaswani.training.loop import LATEST, TrainingState, build_optimizer_and_scheduler, resolve_resume
+from vaswani.training.loop import build_optimizer_and_scheduler, recipe_loss
 from vaswani.training.export import save_for_hub
 from vaswani.training.run import RunResult, data_description, run, training_description
 
@@ -85,10 +87,10 @@ def test_learning_rate_is_the_given_peak_or_the_papers_for_zero():
 def test_model_card_names_the_embedded_corpus_and_its_licences(tmp_path, tokenizer):
     """The embedded corpus gets a "Data and licence" section; other data gets none (its card cannot know)."""
     args = TrainArguments(d_model=32, layers=1, heads=2, ffn_dim=64)
-    assert "public domain" in data_description(args) and "Reina-Valera 1909" in data_description(args)
-    assert data_description(replace(args, dataset="my_pairs.jsonl")) is None
+    assert "public domain" in data_description(args.dataset) and "Reina-Valera 1909" in data_description(args.dataset)
+    assert data_description("my_pairs.jsonl") is None
     model = build_model(args, tokenizer)
-    save_for_hub(model, tokenizer, tmp_path, card={"data": data_description(args)})
+    save_for_hub(model, tokenizer, tmp_path, card={"data": data_description(args.dataset)})
     card = (tmp_path / "README.md").read_text()
     assert "## Data and licence" in card and "World English Bible" in card
     save_for_hub(model, tokenizer, tmp_path / "other", card={})
@@ -116,7 +118,9 @@ def test_unknown_objective_is_rejected_by_the_parser(capsys):
 
 def test_the_default_schedule_warms_up_then_decays_linearly_to_zero_at_the_last_step():
     args = TrainArguments(max_steps=400, warmup_steps=100)
-    optimizer, scheduler = build_optimizer_and_scheduler(torch.nn.Linear(2, 2), args)
+    optimizer, scheduler = build_optimizer_and_scheduler(
+        torch.nn.Linear(2, 2), args.peak_learning_rate(), 0.0, args.lr_scheduler, args.warmup_steps, args.max_steps
+    )
     learning_rates = {}
     for step in range(1, 401):
         optimizer.step()
@@ -129,7 +133,9 @@ def test_the_default_schedule_warms_up_then_decays_linearly_to_zero_at_the_last_
 def test_schedule_and_optimiser_follow_the_paper():
     """lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) (§5.3), with Adam(0.9, 0.98, 1e-9)."""
     args = TrainArguments(d_model=512, warmup_steps=4000, max_steps=100_000, learning_rate=0, lr_scheduler="inverse_sqrt")
-    optimizer, scheduler = build_optimizer_and_scheduler(torch.nn.Linear(2, 2), args)
+    optimizer, scheduler = build_optimizer_and_scheduler(
+        torch.nn.Linear(2, 2), args.peak_learning_rate(), 0.0, args.lr_scheduler, args.warmup_steps, args.max_steps
+    )
     assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-9
     learning_rates = {}
     for step in range(1, 20_001):
@@ -250,6 +256,42 @@ def test_one_run_per_objective_trains_evaluates_and_exports(objective, tmp_path,
         assert (result.model_dir / name).exists(), name
     assert (tmp_path / "loss_curves.png").stat().st_size > 10_000
     assert (tmp_path / "checkpoints" / LATEST).read_text() == "step-0000003"
+    assert_plain_cross_entropy_when_downloaded(result.model_dir, objective)
+
+
+def assert_plain_cross_entropy_when_downloaded(model_dir: Path, objective: str) -> None:
+    """Smoothing is the recipe's: the export says 0.0, and whoever fine-tunes it gets plain cross-entropy."""
+    assert json.loads((model_dir / "config.json").read_text())["label_smoothing"] == 0.0
+    model = MODEL_CLASSES[objective].from_pretrained(model_dir).train()
+    ids = torch.randint(5, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))
+    outputs = model(input_ids=ids, labels=ids, skip_logits=False)
+    logits, labels = (outputs.logits[:, :-1], ids[:, 1:]) if objective == "clm" else (outputs.logits, ids)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+    torch.testing.assert_close(outputs.loss, expected)
+
+
+@pytest.mark.parametrize("objective", ["seq2seq", "mlm", "clm"])
+def test_the_loop_applies_the_recipes_label_smoothing_to_the_models_logits(objective):
+    torch.manual_seed(0)
+    config = VaswaniConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, dropout=0.0)  # fmt: skip
+    model = MODEL_CLASSES[objective](config).train()
+    ids = torch.randint(5, 50, (2, 7), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, -2:] = -100
+    batch = {"input_ids": ids, "labels": labels}
+    if objective == "seq2seq":
+        batch["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels)
+    items = (labels != -100).sum() - (2 if objective == "clm" else 0)  # a causal LM predicts no token after the last
+    smoothed = recipe_loss(model, batch, items, 0.1)
+    logits = model(**{name: value for name, value in batch.items() if name != "labels"}).logits
+    logits, targets = (logits[:, :-1], labels[:, 1:]) if objective == "clm" else (logits, labels)
+    expected = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=-100, label_smoothing=0.1, reduction="sum"
+    ) / items
+    torch.testing.assert_close(smoothed, expected)
+    plain = recipe_loss(model, batch, items, 0.0)  # the model's own loss: plain cross-entropy
+    assert not torch.allclose(plain, smoothed) and model.config.label_smoothing == 0.0
 
 
 def test_resumed_training_equals_uninterrupted_training(tmp_path, pairs_file, tokenizer):
@@ -274,11 +316,11 @@ def test_an_interrupted_save_leaves_the_latest_checkpoint_intact(tmp_path, pairs
     run(tiny_args(tmp_path, "--dataset", str(pairs_file), "--max-steps", "2", "--save-steps", "1"))
     root = tmp_path / "checkpoints"
     assert sorted(path.name for path in root.iterdir()) == [LATEST, "step-0000001", "step-0000002"]
-    (root / "tmp-step-0000003").mkdir()  # a save killed before its rename: never named by `latest`
-    (root / "tmp-step-0000003" / "optimizer.bin").write_bytes(b"truncated")
-    assert resolve_resume(tiny_args(tmp_path, "--resume", "latest")) == root / "step-0000002"
+    (root / ".step-0000003.tmp").mkdir()  # a save killed before its rename: never named by `latest`
+    (root / ".step-0000003.tmp" / "optimizer.bin").write_bytes(b"truncated")
+    assert resolve_resume("latest", tmp_path) == root / "step-0000002"
     with pytest.raises(ValueError, match="is not a checkpoint folder"):
-        resolve_resume(tiny_args(tmp_path, "--resume", str(root / "tmp-step-0000003")))
+        resolve_resume(str(root / ".step-0000003.tmp"), tmp_path)
 
 
 def test_checkpoints_beyond_the_limit_are_pruned(tmp_path, pairs_file):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import datasets
 
-from vaswani.training.arguments import InputError
-from vaswani.training.data import data_file_format, read_data_file, usable_rows
+from vaswani.configuration.errors import InputError
+from vaswani.tokenization.data_files import data_file_format, read_data_file, usable_rows
 
 from .tokenization_vaswani import MODELS, train_tokenizer
 

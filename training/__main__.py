@@ -6,7 +6,8 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from vaswani.training.arguments import InputError, parse_arguments
+from vaswani.configuration.errors import InputError
+from vaswani.training.arguments import parse_arguments
 from vaswani.training.run import RunResult, run, run_warm_start_comparison
 
 

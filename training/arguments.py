@@ -8,6 +8,7 @@ a higher peak learning rate decayed linearly to 0 instead of the paper's inverse
 examples up to 128 tokens.
 """
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,17 +16,14 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, SchedulerType
 
-from vaswani.training.presets import apply_preset, check_recipe_arguments, explicit_options
+from vaswani.configuration.errors import InputError
+from vaswani.training.presets import PRESETS, preset_defaults
 
 OBJECTIVES = ("seq2seq", "mlm", "clm")
 SCHEDULERS = ("inverse_sqrt", "linear", "cosine", "constant_with_warmup")
 DEFAULT_MAX_TOKENS = 2048  # per side: about 55 verse pairs, the main job's batch
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # `name` or `owner/name`; anything else can only be a local path
-
-
-class InputError(ValueError):
-    """Something the run was given (a flag, a file, the data, a checkpoint) cannot be used: the message names it and
-    the fix, and `vaswani-train` prints it without a traceback."""
+METRICS_FOR_BEST = ("loss", "bleu")
 
 
 @dataclass
@@ -215,21 +213,27 @@ class TrainArguments:
     )
 
     def __post_init__(self):
-        """Every option is checked here, before any work: a bad one fails in a second, not after training."""
+        """Every option is checked here, and only here, before any work: a bad one fails in a second, not after
+        training. The defaults that depend on other options are resolved first."""
         if self.objective not in OBJECTIVES:
             raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}.")
+        if self.batch_size is not None and self.max_tokens is not None:
+            raise InputError("--batch-size and --max-tokens are two ways to size a batch: give one of them.")
+        self.resolve_defaults()
+        self.check_numbers()
+        self.check_combinations()
+        self.check_paths()
+        self.check_recipe()
+
+    def resolve_defaults(self) -> None:
         if self.dataset is None:
             self.dataset = "bible-en-es" if self.objective == "seq2seq" else "bible-en"
         if self.label_smoothing is None:
             self.label_smoothing = 0.1 if self.objective == "seq2seq" else 0.0
-        if self.batch_size is not None and self.max_tokens is not None:
-            raise InputError("--batch-size and --max-tokens are two ways to size a batch: give one of them.")
         if self.batch_size is None and self.max_tokens is None:
             self.max_tokens = DEFAULT_MAX_TOKENS
-        self.check_numbers()
-        self.check_combinations()
-        self.check_paths()
-        check_recipe_arguments(self)
+        if self.metric_for_best == "bleu" and (self.keep_best or self.early_stopping) and not self.eval_bleu_steps:
+            self.eval_bleu_steps = self.eval_steps  # BLEU is then measured at every evaluation
 
     def check_numbers(self) -> None:
         positive = ("max_steps", "gradient_accumulation_steps", "eval_steps", "save_steps", "max_length",
@@ -279,8 +283,7 @@ class TrainArguments:
         for name in ("validation_examples", "shuffle_buffer"):
             if getattr(self, name) <= 0:
                 raise InputError(f"{flag(name)} must be positive, got {getattr(self, name)}.")
-        # A preset sets --pretrain-steps 0 after this first check (training/run.py refuses an explicit one).
-        if self.compares_warm_start() and self.preset is None:
+        if self.compares_warm_start():
             raise InputError(
                 "--streaming trains one model: the comparison of warm-started and from-scratch models "
                 "(--pretrain-steps > 0) reads the data five times; use --pretrain-steps 0."
@@ -297,6 +300,50 @@ class TrainArguments:
         for name, required in (("tokenizer", "tokenizer.json"), ("init_model", "config.json"),
                                ("init_encoder", "config.json"), ("init_decoder", "config.json")):  # fmt: skip
             check_local_or_hub(flag(name), getattr(self, name), required)
+
+    def check_recipe(self) -> None:
+        """The options of token batching, presets, averaging and best-model selection."""
+        if self.preset is not None and self.preset not in PRESETS:
+            raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}.")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise InputError(f"--max-tokens must be positive, got {self.max_tokens}.")
+        for name in ("average_last", "early_stopping", "eval_bleu_steps", "eval_bleu_examples"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{flag(name)} must be 0 (off) or more, got {getattr(self, name)}.")
+        if self.tokenizer_sample is not None and self.tokenizer_sample <= 0:
+            raise InputError(f"--tokenizer-sample must be positive, got {self.tokenizer_sample}.")
+        if self.average_last > self.save_total_limit:
+            raise InputError(
+                f"--average-last {self.average_last} needs that many checkpoints, but --save-total-limit keeps "
+                f"{self.save_total_limit}: raise --save-total-limit to at least {self.average_last}."
+            )
+        written = self.max_steps // self.save_steps + (self.max_steps % self.save_steps > 0)  # and one at the end
+        if self.average_last > written:
+            raise InputError(
+                f"--average-last {self.average_last} needs that many checkpoints, but --max-steps {self.max_steps} "
+                f"with --save-steps {self.save_steps} writes {written}: save more often (--save-steps "
+                f"{max(self.max_steps // self.average_last, 1)})."
+            )
+        self.check_selection()
+
+    def check_selection(self) -> None:
+        if self.average_last and self.keep_best:
+            raise InputError("--average-last and --keep-best each choose the final model; give one of them.")
+        if self.metric_for_best not in METRICS_FOR_BEST:
+            raise InputError(f"--metric-for-best must be loss or bleu, got {self.metric_for_best!r}.")
+        if self.objective != "seq2seq" and (self.metric_for_best == "bleu" or self.eval_bleu_steps):
+            raise InputError(
+                "BLEU (--metric-for-best bleu, --eval-bleu-steps) is for translation: use --objective seq2seq."
+            )
+        if self.eval_bleu_steps % self.eval_steps:
+            raise InputError(
+                f"--eval-bleu-steps {self.eval_bleu_steps} must be a multiple of --eval-steps {self.eval_steps}: "
+                f"BLEU is added to an evaluation (e.g. --eval-bleu-steps {self.eval_steps * 2})."
+            )
+
+    def text_columns(self) -> list[str]:
+        """The columns of text the run reads: source and target for seq2seq, the text for mlm and clm."""
+        return [self.source_column, self.target_column] if self.objective == "seq2seq" else [self.text_column]
 
     def compares_warm_start(self) -> bool:
         return self.objective == "seq2seq" and self.pretrain_steps > 0 and not (
@@ -330,7 +377,15 @@ def check_local_or_hub(option: str, value: str | None, required_file: str) -> No
 
 
 def parse_arguments(argv: list[str] | None = None) -> TrainArguments:
-    """Parse the command line (`--max-steps 100` and `--max_steps 100` both work)."""
+    """Parse the command line (`--max-steps 100` and `--max_steps 100` both work). With --preset, the preset's
+    values are the parser's defaults, so that every option given explicitly wins over them."""
     parser = HfArgumentParser(TrainArguments, prog="vaswani-train", description="Train a Vaswani Transformer with Accelerate.")
+    given, _ = parser.parse_known_args(argv)
+    if given.preset in PRESETS:
+        processes = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun and accelerate launch for each process
+        parser.set_defaults(**preset_defaults(
+            given.preset, given.gradient_accumulation_steps, processes, sentence_batches=given.batch_size is not None,
+            chooses_best=bool(given.keep_best or given.early_stopping),
+        ))  # fmt: skip
     (arguments,) = parser.parse_args_into_dataclasses(args=argv)
-    return apply_preset(arguments, explicit_options(parser, argv))
+    return arguments

@@ -19,38 +19,22 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer
 
 from vaswani import modeling
-from vaswani.training.arguments import InputError
+from vaswani.configuration.errors import InputError
+from vaswani.training.checkpoints import checkpoint_problem, checkpoint_step, checkpoint_tokenizer, checkpoint_weights
+from vaswani.training.checkpoints import last_checkpoints
 from vaswani.training.export import save_for_hub
-from vaswani.training.loop import CHECKPOINT_NAME, CHECKPOINTS, TOKENIZER, checkpoint_problem
 
-WEIGHTS = "model.safetensors"  # Accelerate's name for the model in a checkpoint (`save_state`)
 FINAL_MODEL = "model"  # run.py's folder of the exported final model, which holds the run's config
 
 
-def last_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
-    """The `count` newest checkpoint folders of a run, oldest first; an error says how many there are."""
-    root = Path(run_dir) / CHECKPOINTS
-    checkpoints = sorted(path for path in root.glob("step-*") if path.is_dir() and CHECKPOINT_NAME.fullmatch(path.name))
-    if count < 1:
-        raise InputError(f"Average at least 1 checkpoint, got {count}.")
-    if count > len(checkpoints):
-        raise InputError(
-            f"Cannot average the last {count} checkpoints: {root} holds {len(checkpoints)}. Average at most "
-            f"{len(checkpoints)}, or train with --save-total-limit {count} (or more) so that {count} are kept."
-        )
-    return checkpoints[-count:]
-
-
 def average_checkpoints(folders: list[Path], verify: bool = True) -> dict[str, torch.Tensor]:
-    """The mean of every tensor in the folders' `model.safetensors`, which must hold the same names and shapes;
-    `verify` checks each folder against its checkpoint manifest first."""
+    """The mean of every tensor in the folders' model weights (a checkpoint's, or a folder's `model.safetensors`),
+    which must hold the same names and shapes; `verify` checks each checkpoint against its manifest first."""
     total, dtypes, names = {}, {}, None
     for folder in folders:
         if verify and (problem := checkpoint_problem(folder)):
             raise InputError(problem)
-        if not (folder / WEIGHTS).is_file():
-            raise InputError(f"{folder} has no {WEIGHTS}: only unsharded (not FSDP-sharded) checkpoints are averaged.")
-        with safe_open(folder / WEIGHTS, framework="pt") as weights:
+        with safe_open(checkpoint_weights(folder), framework="pt") as weights:
             if names is None:
                 names = set(weights.keys())
             elif set(weights.keys()) != names:
@@ -94,9 +78,9 @@ def average_run(run_dir: str | Path, count: int, output: str | Path, model_dir: 
         )
     model = model_for(AutoConfig.from_pretrained(model_dir))
     load_average(model, folders)
-    tokenizer_dir = folders[-1] / TOKENIZER if (folders[-1] / TOKENIZER).is_dir() else model_dir
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    steps = ", ".join(str(int(folder.name.split("-")[1])) for folder in folders)
+    saved = checkpoint_tokenizer(folders[-1])
+    tokenizer = AutoTokenizer.from_pretrained(saved if saved.is_dir() else model_dir)
+    steps = ", ".join(str(checkpoint_step(folder)) for folder in folders)
     card = {"training": f"Parameter mean of the last {count} checkpoints of `{run_dir}` (steps {steps}), as §6.1."}
     return save_for_hub(model, tokenizer, output, card=card)
 

@@ -13,18 +13,27 @@ list it left. One optimiser step thus takes `accumulation x processes` batches o
 same global budget at every step within one batch's slack.
 """
 
-import torch
-from torch.utils.data import DataLoader, Sampler
+import itertools
 
-from vaswani.training.arguments import InputError
+import torch
+from datasets import IterableDataset
+from torch.utils.data import DataLoader, Sampler
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from vaswani.configuration.errors import InputError
+from vaswani.modeling.batching import pack
+
+
+def example_size(input_ids: list[int], labels: list[int] | None = None) -> int:
+    """Padded tokens an example costs on each side: max(source, target) for pairs, the block length otherwise. Every
+    sampler (token batches, sentence batches grouped by length, stream pools) measures examples by this."""
+    return max(len(input_ids), len(labels or ()))
 
 
 def example_sizes(dataset) -> list[int]:
-    """Padded tokens an example costs on each side: max(source, target) for pairs, the block length otherwise."""
-    sizes = [len(ids) for ids in dataset["input_ids"]]
-    if "labels" in dataset.column_names:
-        sizes = [max(size, len(labels)) for size, labels in zip(sizes, dataset["labels"])]
-    return sizes
+    """`example_size` of every example of a (tokenized) Dataset."""
+    labels = dataset["labels"] if "labels" in dataset.column_names else itertools.repeat(None)
+    return [example_size(ids, target) for ids, target in zip(dataset["input_ids"], labels)]
 
 
 def check_max_tokens(sizes: list[int], max_tokens: int) -> None:
@@ -99,18 +108,6 @@ class TokenBatchSampler(Sampler[list[int]]):
         return len(self.batches())
 
 
-def pack(order: list[int], sizes: list[int], max_tokens: int) -> list[list[int]]:
-    """Greedy packing of indices (sorted by size) into batches whose padded cost n * max(size) stays <= max_tokens."""
-    batches, batch, largest = [], [], 0
-    for index in order:
-        if batch and (len(batch) + 1) * max(largest, sizes[index]) > max_tokens:
-            batches.append(batch)
-            batch, largest = [], 0
-        batch.append(index)
-        largest = max(largest, sizes[index])
-    return [*batches, batch] if batch else batches
-
-
 def split_until_multiple(batches: list[list[int]], multiple: int) -> list[list[int]]:
     """Split the largest batches in two until their number is a multiple of `multiple` (a smaller batch still fits
     the budget); fails only with fewer examples than processes."""
@@ -146,15 +143,110 @@ def padding_fraction(batches: list[list[int]], dataset) -> float:
     return 1 - real / padded if padded else 0.0
 
 
-def global_batch_description(args, num_processes: int) -> str:
+def global_batch_description(
+    batch_size: int | None, max_tokens: int | None, accumulation: int, num_processes: int, pairs: bool
+) -> str:
     """What one optimiser step holds, over every process and accumulated micro-batch (printed at the start of training
-    and written into the model card)."""
-    accumulation = args.gradient_accumulation_steps
-    if args.max_tokens is None:
-        size, total = f"{args.batch_size} examples", f"{args.batch_size * accumulation * num_processes} examples"
+    and written into the model card); `pairs`: source and target sides (seq2seq)."""
+    if max_tokens is None:
+        size, total = f"{batch_size} examples", f"{batch_size * accumulation * num_processes} examples"
     else:
-        tokens = args.max_tokens * accumulation * num_processes
-        size = f"{args.max_tokens} tokens"
-        sides = f"{tokens} source + {tokens} target" if args.objective == "seq2seq" else f"{tokens}"
+        tokens = max_tokens * accumulation * num_processes
+        size = f"{max_tokens} tokens"
+        sides = f"{tokens} source + {tokens} target" if pairs else f"{tokens}"
         total = f"up to {sides} tokens (padding included)"
     return f"{size} x {accumulation} accumulation x {num_processes} processes = {total}"
+
+
+# ----------------------------------------------------------------------------------------------- loaders
+
+
+def training_loader(
+    dataset, collator, seed: int, num_processes: int, batch_size: int | None = None, max_tokens: int | None = None,
+    shuffle_buffer: int = 10_000,
+) -> DataLoader:
+    """Batches of similar lengths, `batch_size` examples (or `max_tokens`) per process, in an order fixed by (seed,
+    epoch). A stream (an IterableDataset, --streaming) is this process's own already, so Accelerate is not to
+    prepare its loader; it is batched in pools of `shuffle_buffer` examples."""
+    if isinstance(dataset, IterableDataset):
+        batches = StreamBatches(dataset, seed, shuffle_buffer, batch_size, max_tokens)
+        return DataLoader(batches, batch_size=None, collate_fn=collator, generator=own_generator(seed))
+    if max_tokens is not None:
+        return token_batch_loader(dataset, collator, max_tokens, num_processes, seed, True, own_generator(seed))
+    global_batch = batch_size * num_processes
+    sampler = EpochLengthGroupedSampler(global_batch, example_sizes(dataset), seed)
+    return DataLoader(
+        dataset, batch_size=global_batch, sampler=sampler, collate_fn=collator, drop_last=True,
+        generator=own_generator(seed),
+    )  # fmt: skip
+
+
+def evaluation_loader(
+    dataset, collator, seed: int, num_processes: int, batch_size: int | None = None, max_tokens: int | None = None
+) -> DataLoader:
+    """Every example once, in dataset order (token batches: sorted by size), batched as for training."""
+    if max_tokens is not None:
+        return token_batch_loader(dataset, collator, max_tokens, num_processes, seed, False, own_generator(seed))
+    return DataLoader(dataset, batch_size=batch_size * num_processes, collate_fn=collator, generator=own_generator(seed))
+
+
+def own_generator(seed: int) -> torch.Generator:
+    """Starting an iterator over a DataLoader draws a seed from its generator, by default torch's global one, which
+    dropout also draws from: with its own, evaluating or resuming does not shift the dropout masks of training."""
+    return torch.Generator().manual_seed(seed)
+
+
+class EpochLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' LengthGroupedSampler (batches of similar lengths waste less compute on padding), shuffled by
+    (seed, epoch) alone: every process draws the same order, and a resumed run draws the order it left."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed + epoch)
+
+
+class StreamBatches(torch.utils.data.IterableDataset):
+    """Batches (lists of examples, collated by the DataLoader) from a stream of tokenized examples.
+
+    The stream is cut into pools of `pool_size` examples; each pool is sorted by size and cut into batches of
+    `batch_size` examples, or packed into batches of at most `max_tokens` padded tokens per side (as
+    `batching.pack`), and its batches are shuffled, so that a batch holds examples of similar length (less padding)
+    but the batch order stays random. The examples left over by a pool's batches of `batch_size` join the next pool;
+    those of the epoch's last pool are dropped. Everything is drawn from (seed, epoch): the same epoch gives the same
+    batches, and `skip` (set before iterating) drops the first ones without collating them, for a resume.
+    """
+
+    def __init__(self, examples: IterableDataset, seed: int, pool_size: int, batch_size: int | None = None,
+                 max_tokens: int | None = None):  # fmt: skip
+        self.examples, self.seed, self.pool_size = examples, seed, pool_size
+        self.batch_size, self.max_tokens = batch_size, max_tokens
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.examples.set_epoch(epoch)
+
+    def __iter__(self):
+        return itertools.islice(self.batches(), self.skip, None)
+
+    def batches(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        left_over = []
+        examples = iter(self.examples)
+        while pool := list(itertools.islice(examples, self.pool_size)):
+            pool = [*left_over, *pool]
+            sizes = [example_size(example["input_ids"], example.get("labels")) for example in pool]
+            order = sorted(range(len(pool)), key=sizes.__getitem__)  # stable: equal sizes keep the shuffled order
+            if self.max_tokens is not None:
+                check_max_tokens(sizes, self.max_tokens)
+                batches, left_over = pack(order, sizes, self.max_tokens), []
+            else:
+                whole = len(order) - len(order) % self.batch_size
+                batches = [order[start : start + self.batch_size] for start in range(0, whole, self.batch_size)]
+                left_over = [pool[index] for index in order[whole:]]
+            for index in torch.randperm(len(batches), generator=generator).tolist():
+                yield [pool[position] for position in batches[index]]

@@ -2,25 +2,38 @@
 
 from pathlib import Path
 
+from datasets import Dataset, DatasetDict, IterableDataset
 from transformers import AutoTokenizer
 
 from vaswani.configuration import VaswaniConfig
 from vaswani.modeling import VaswaniForCausalLM, VaswaniForConditionalGeneration, VaswaniForMaskedLM
 from vaswani.tokenization import causal_lm_tokenizer, train_tokenizer
-from vaswani.training.arguments import InputError, TrainArguments
-from vaswani.training.hub import safetensors_problem
-from vaswani.training.loop import TOKENIZER
+from vaswani.configuration.errors import InputError
+from vaswani.configuration.files import safetensors_problem
+from vaswani.training.arguments import TrainArguments
+from vaswani.training.checkpoints import checkpoint_tokenizer
 
 MODEL_CLASSES = {"seq2seq": VaswaniForConditionalGeneration, "mlm": VaswaniForMaskedLM, "clm": VaswaniForCausalLM}
 
 
-def tokenizer_texts(dataset, args: TrainArguments):
-    """The training texts the vocabulary is learned from: both languages of a pair (one shared vocabulary, §5.1)."""
-    train = dataset["train"]
-    if args.objective == "seq2seq":
-        pairs = train.select_columns([args.source_column, args.target_column])
-        return (text for example in pairs for text in example.values())
-    return train[args.text_column]
+def tokenizer_training_data(dataset, sample: int | None, seed: int):
+    """The dataset the vocabulary is learned from: with --tokenizer-sample N, N training examples drawn by --seed (a
+    BPE vocabulary of 37000 barely changes beyond a few hundred thousand sentences, and WMT14 has 4.5 million pairs).
+    From a stream (--streaming), the first N examples: drawing at random would mean reading all of it."""
+    if isinstance(dataset["train"], IterableDataset):
+        if sample is None:
+            return dataset  # --tokenizer, or weights that come with theirs: nothing is trained (arguments.py)
+        return DatasetDict({**dataset, "train": Dataset.from_list(list(dataset["train"].take(sample)))})
+    if sample is None or sample >= len(dataset["train"]):
+        return dataset
+    return DatasetDict({**dataset, "train": dataset["train"].shuffle(seed=seed).select(range(sample))})
+
+
+def tokenizer_texts(dataset, columns: list[str]):
+    """The training texts the vocabulary is learned from: every column's, so both languages of a pair share one
+    vocabulary (§5.1)."""
+    rows = dataset["train"].select_columns(columns)
+    return (text for example in rows for text in example.values())
 
 
 def build_tokenizer(args: TrainArguments, dataset, checkpoint: Path | None = None):
@@ -32,7 +45,7 @@ def build_tokenizer(args: TrainArguments, dataset, checkpoint: Path | None = Non
     """
     saved = saved_tokenizer_location(args, checkpoint)
     if saved is None and args.tokenizer is None:
-        texts = tokenizer_texts(dataset, args)
+        texts = tokenizer_texts(tokenizer_training_data(dataset, args.tokenizer_sample, args.seed), args.text_columns())
         return train_tokenizer(texts, vocab_size=args.vocab_size, model_max_length=args.max_length)
     tokenizer = load_tokenizer(saved or args.tokenizer)
     if saved is not None and args.tokenizer is not None:
@@ -48,7 +61,7 @@ def saved_tokenizer_location(args: TrainArguments, checkpoint: Path | None) -> s
     """Where the tokenizer of the starting weights is; None when the run starts from new weights. Without a saved
     tokenizer, --tokenizer must name it (a tokenizer trained here would assign other tokens to the ids)."""
     if checkpoint is not None:
-        location, source = checkpoint / TOKENIZER, f"Checkpoint {checkpoint}"
+        location, source = checkpoint_tokenizer(checkpoint), f"Checkpoint {checkpoint}"
     elif args.init_model or args.init_encoder:
         location = Path(args.init_model or args.init_encoder)
         source = "--init-model" if args.init_model else "--init-encoder"
@@ -109,18 +122,19 @@ def model_config(args: TrainArguments, tokenizer) -> VaswaniConfig:
         encoder_ffn_dim=args.ffn_dim,
         decoder_ffn_dim=args.ffn_dim,
         dropout=args.dropout,
-        label_smoothing=args.label_smoothing,
         max_position_embeddings=max(args.max_length, 512),
     )
 
 
 def build_model(args: TrainArguments, tokenizer):
-    """A new model of the objective's view, or one loaded from --init-model, or warm-started stacks."""
+    """A new model of the objective's view, or one loaded from --init-model, or warm-started stacks. Label smoothing
+    is the training loop's (training/loop.py): the model's own loss stays plain cross-entropy, also for a checkpoint
+    saved with `label_smoothing` set."""
     model_class = MODEL_CLASSES[args.objective]
     if args.init_encoder or args.init_decoder:
-        model = warm_start(args.init_encoder, args.init_decoder, label_smoothing=args.label_smoothing)
+        model = warm_start(args.init_encoder, args.init_decoder, label_smoothing=0.0)
     elif args.init_model:
-        model = load_pretrained(model_class, args.init_model, "--init-model", label_smoothing=args.label_smoothing)
+        model = load_pretrained(model_class, args.init_model, "--init-model", label_smoothing=0.0)
     else:
         model = model_class(model_config(args, tokenizer))
     model.config.check_tokenizer(tokenizer)
@@ -160,16 +174,12 @@ def load_pretrained(model_class, location: str, option: str = "a checkpoint", **
         if not weights:
             raise InputError(f"{option} {folder} has no model weights (*.safetensors).")
         for file in weights:
-            check_safetensors(file)
+            if (problem := safetensors_problem(file)) is not None:
+                raise InputError(f"{file} is damaged or truncated ({problem}); export or download it again.")
     try:
         return model_class.from_pretrained(location, **config_overrides)
     except OSError as error:  # a Hub id that cannot be fetched, or a file the checks above could not see
         raise InputError(f"{option} {location}: {error}") from error
-
-
-def check_safetensors(file: Path) -> None:
-    if (problem := safetensors_problem(file)) is not None:
-        raise InputError(f"{file} is damaged or truncated ({problem}); export or download it again.")
 
 
 def check_same_architecture(config: VaswaniConfig, other: VaswaniConfig, checkpoint: str) -> None:

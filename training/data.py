@@ -1,40 +1,29 @@
 """Data for training: load a dataset (embedded, Hub or local files), check it, tokenize it, batch it.
 
-Bad data gets a message that names the file and the row, never a pyarrow, pandas or tokenizers traceback. A file
-that cannot be read at all (empty, not UTF-8, a CSV row with more or fewer fields than the header) stops the run at
-that line; so does a value that is not text. A row whose text is missing, null or blank is skipped, counted in a
-warning, unless `strict` (`--strict-data`) makes it an error too: blank lines in text files are common and harmless,
-but a user who expects clean data should be able to ask for a stop.
+Bad data gets a message that names the file and the row (local files are read and checked by
+`vaswani.tokenization.data_files`, which `vaswani-tokenizer` shares), never a pyarrow, pandas or tokenizers traceback.
 
 Pure functions over `datasets` (no Accelerator here). Tokenization runs through `Dataset.map(batched=True)`,
 which caches its results next to file-backed datasets. With `--streaming` the training split is a
 `datasets.IterableDataset` instead, tokenized as it is read (`load_streaming_dataset`, `process_stream`,
-`StreamBatches`). Batches come from transformers' collators:
+`training/batching.py`'s `StreamBatches`). Batches come from transformers' collators:
 `DataCollatorForSeq2Seq` (pads labels with -100 and builds decoder inputs from them) and
 `DataCollatorForLanguageModeling` (BERT's 15% masking, 80/10/10, for mlm; labels = inputs for clm).
 """
 
-import csv
-import itertools
-import logging
 from pathlib import Path
 
 import datasets
-import torch
 from datasets import Dataset, DatasetDict, IterableDataset
 from datasets.distributed import split_dataset_by_node
 from transformers import DataCollatorForLanguageModeling, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from vaswani.training.arguments import InputError
-from vaswani.training.batching import check_max_tokens, pack
+from vaswani.configuration.errors import InputError
+from vaswani.tokenization.data_files import data_files, read_data_file, row_has_text, usable_rows
 from vaswani.training.corpus import load_english_corpus, load_parallel_corpus
 
 EMBEDDED_DATASETS = {"bible-en-es": load_parallel_corpus, "bible-en": load_english_corpus}
-FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # datasets decompresses these itself
 MLM_PROBABILITY = 0.15  # BERT's masking rate
-logger = logging.getLogger(__name__)
 
 
 def load_raw_dataset(
@@ -72,102 +61,16 @@ def load_hub_dataset(name: str, config: str | None) -> DatasetDict:
         ) from error
 
 
-def data_file_format(path: Path) -> str | None:
-    """The `datasets` builder that reads `path`, by its suffix under any compression one (`a.jsonl.xz` -> json)."""
-    suffixes = path.suffixes[:-1] if path.suffix in COMPRESSIONS else path.suffixes
-    return FILE_FORMATS.get(suffixes[-1] if suffixes else "")
-
-
 def load_local_files(path: Path, text_columns: list[str] | None = None, strict: bool = False) -> DatasetDict:
     """Text (one example per line), JSON/JSON-lines, CSV or Parquet files, maybe compressed; a folder holds files
     of one format. Each file is read on its own, so that a bad row is named by its file and row number."""
-    files = sorted(p for p in path.iterdir() if data_file_format(p)) if path.is_dir() else [path]
-    formats = {data_file_format(file) for file in files}
-    if not files or None in formats:
-        raise InputError(f"{path} holds no readable data file; use {', '.join(FILE_FORMATS)} files.")
-    if len(formats) > 1:
-        raise InputError(f"{path} mixes file formats ({', '.join(sorted(formats))}); keep one format per folder.")
-    file_format = formats.pop()
+    files, file_format = data_files(path)
     parts = [usable_rows(read_data_file(file, file_format), text_columns or [], str(file), strict) for file in files]
     try:
         train = datasets.concatenate_datasets([part.cast(parts[0].features) for part in parts])
     except (ValueError, TypeError) as error:  # arrow cannot align the files' columns
         raise InputError(f"The files of {path} do not share their columns and types: {error}") from error
     return DatasetDict({"train": train})
-
-
-def read_data_file(file: Path, file_format: str) -> Dataset:
-    if problem := text_file_problem(file, file_format):
-        raise InputError(problem)
-    try:
-        dataset = datasets.load_dataset(file_format, data_files=str(file), split="train")
-    except Exception as error:  # arrow, pandas, json and the codecs each raise their own types
-        while error.__cause__ or error.__context__:  # the innermost error says what the parser met
-            error = error.__cause__ or error.__context__
-        raise InputError(f"Could not read {file}: {type(error).__name__}: {error}") from error
-    if len(dataset) == 0:
-        raise InputError(f"{file} holds no examples.")
-    return dataset
-
-
-def text_file_problem(file: Path, file_format: str) -> str | None:
-    """What makes a text, JSON or CSV file unreadable, found before `datasets` reads it: arrow's JSON reader takes
-    bytes that are not UTF-8 and fails only later, on access, and pandas fills a short CSV row with nulls (so it
-    would be skipped as a row without text, hiding a broken quote that shifts the columns of the rows after it)."""
-    if file.stat().st_size == 0:
-        return f"{file} is empty."
-    if file_format == "parquet" or file.suffix in COMPRESSIONS:
-        return None
-    with file.open("rb") as lines:
-        for number, line in enumerate(lines, 1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as bad:
-                return (f"{file} line {number} is not UTF-8 text (byte {line[bad.start]:#04x} at column "
-                        f"{bad.start + 1}); save the file as UTF-8.")  # fmt: skip
-    return ragged_csv_row(file) if file_format == "csv" else None
-
-
-def ragged_csv_row(file: Path) -> str | None:
-    with file.open(newline="", encoding="utf-8") as text:
-        rows = csv.reader(text)
-        header = next(rows, [])
-        for row in rows:
-            if row and len(row) != len(header):
-                return (f"{file} line {rows.line_num} has {len(row)} fields but the header has {len(header)}; quote "
-                        'fields that contain commas ("a, b").')  # fmt: skip
-    return None
-
-
-def usable_rows(dataset: Dataset, columns: list[str], origin: str, strict: bool) -> Dataset:
-    """`dataset` without the rows whose `columns` hold no text (missing, null or blank), with a warning that counts
-    them; `strict` stops at the first instead. A value that is not text always stops: the column is not what the
-    run was told it is."""
-    columns = [column for column in columns if column in dataset.column_names]
-    skipped = []
-    for start in range(0, len(dataset) if columns else 0, 10_000):
-        batch = dataset.select_columns(columns)[start : start + 10_000]
-        for offset, values in enumerate(zip(*(batch[column] for column in columns))):
-            row = start + offset + 1
-            for column, value in zip(columns, values):
-                if value is not None and not isinstance(value, str):
-                    raise InputError(f"{origin} row {row}: {column} holds {value!r:.60}, not text.")
-                if (value is None or not value.strip()) and strict:
-                    raise InputError(
-                        f"{origin} row {row}: {column} is missing or blank; fix or remove the row, or leave out "
-                        "--strict-data to skip such rows."
-                    )
-            if any(value is None or not value.strip() for value in values):
-                skipped.append(row - 1)
-    if not skipped:
-        return dataset
-    if len(skipped) == len(dataset):
-        raise InputError(f"{origin}: no row has text in {', '.join(columns)}.")
-    logger.warning(
-        f"{origin}: skipped {len(skipped)} of {len(dataset)} rows whose {' or '.join(columns)} is missing or blank "
-        "(--strict-data stops at them instead)."
-    )
-    return dataset.select(sorted(set(range(len(dataset))) - set(skipped)))
 
 
 def with_validation_split(dataset: DatasetDict, fraction: float, seed: int) -> DatasetDict:
@@ -252,27 +155,6 @@ def build_collator(objective: str, tokenizer: PreTrainedTokenizerBase, model=Non
     return DataCollatorForLanguageModeling(tokenizer, mlm=objective == "mlm", mlm_probability=MLM_PROBABILITY)
 
 
-def example_lengths(dataset: Dataset) -> list[int]:
-    """Tokens per example (source + target for pairs), for grouping examples of similar length into batches."""
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    if "labels" in dataset.column_names:
-        lengths = [length + len(labels) for length, labels in zip(lengths, dataset["labels"])]
-    return lengths
-
-
-class EpochLengthGroupedSampler(LengthGroupedSampler):
-    """transformers' LengthGroupedSampler (batches of similar lengths waste less compute on padding), shuffled by
-    (seed, epoch) alone: every process draws the same order, and a resumed run draws the order it left."""
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths)
-        self.seed = seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.generator = torch.Generator().manual_seed(self.seed + epoch)
-
-
 # ----------------------------------------------------------------------------------------------- streaming
 #
 # `--streaming`: the training split is read as training goes (`load_dataset(..., streaming=True)`), never copied to
@@ -336,12 +218,9 @@ def stream_splits(name: str, config: str | None) -> dict:
         return {**splits, "train": splits["train"].to_iterable_dataset(num_shards=8)}
     path = Path(name)
     if path.exists():
-        files = sorted(p for p in path.iterdir() if data_file_format(p)) if path.is_dir() else [path]
-        formats = {data_file_format(file) for file in files}
-        if not files or None in formats or len(formats) > 1:
-            raise InputError(f"{path} must hold data files of one format: {', '.join(FILE_FORMATS)}.")
-        data_files = [str(file) for file in files]  # one shard per file
-        return {"train": datasets.load_dataset(formats.pop(), data_files=data_files, split="train", streaming=True)}
+        files, file_format = data_files(path)
+        shards = [str(file) for file in files]  # one shard per file
+        return {"train": datasets.load_dataset(file_format, data_files=shards, split="train", streaming=True)}
     try:
         hub = datasets.load_dataset(name, config, streaming=True)
     except Exception as error:  # datasets raises many types; the user needs the name and the cause
@@ -368,20 +247,11 @@ def check_stream_columns(stream: IterableDataset, columns: list[str], origin: st
 
 
 def stream_rows_with_text(stream: IterableDataset, columns: list[str], origin: str, strict: bool) -> IterableDataset:
-    """`usable_rows` for a stream: rows without text are left out as they are read (they cannot be counted before),
-    a value that is not text, or with `strict` a missing one, stops the run at its example."""
+    """`usable_rows` for a stream: rows without text are left out as they are read (they cannot be counted before)."""
 
     def has_text(example: dict, index: int) -> bool:
-        for column in columns:
-            value = example.get(column)
-            if value is not None and not isinstance(value, str):
-                raise InputError(f"{origin} example {index + 1}: {column} holds {value!r:.60}, not text.")
-            if strict and (value is None or not value.strip()):
-                raise InputError(
-                    f"{origin} example {index + 1}: {column} is missing or blank; fix or remove the row, or leave "
-                    "out --strict-data to skip such rows."
-                )
-        return all(example.get(column) and example[column].strip() for column in columns)
+        values = [example.get(column) for column in columns]
+        return row_has_text(values, columns, f"{origin} example {index + 1}", strict)
 
     return stream.filter(has_text, with_indices=True)
 
@@ -402,58 +272,9 @@ def process_stream(
     return stream
 
 
-def stream_encoders(tokenizer, args) -> tuple[list[str], list]:
-    """The text columns and the batched maps that make training examples of them, as `tokenize_pairs` and
-    `tokenize_blocks` do."""
-    if args.objective == "seq2seq":
-        columns = [args.source_column, args.target_column]
-        return columns, [pair_encoder(tokenizer, *columns, args.max_length)]
-    return [args.text_column], list(block_encoder(tokenizer, args.text_column, args.max_length))
-
-
-def example_size(example: dict) -> int:
-    """Padded tokens the example costs on each side (as `batching.example_sizes`)."""
-    return max(len(example["input_ids"]), len(example.get("labels") or ()))
-
-
-class StreamBatches(torch.utils.data.IterableDataset):
-    """Batches (lists of examples, collated by the DataLoader) from a stream of tokenized examples.
-
-    The stream is cut into pools of `pool_size` examples; each pool is sorted by size and cut into batches of
-    `batch_size` examples, or packed into batches of at most `max_tokens` padded tokens per side (as
-    `batching.pack`), and its batches are shuffled, so that a batch holds examples of similar length (less padding)
-    but the batch order stays random. The examples left over by a pool's batches of `batch_size` join the next pool;
-    those of the epoch's last pool are dropped. Everything is drawn from (seed, epoch): the same epoch gives the same
-    batches, and `skip` (set before iterating) drops the first ones without collating them, for a resume.
-    """
-
-    def __init__(self, examples: IterableDataset, seed: int, pool_size: int, batch_size: int | None = None,
-                 max_tokens: int | None = None):  # fmt: skip
-        self.examples, self.seed, self.pool_size = examples, seed, pool_size
-        self.batch_size, self.max_tokens = batch_size, max_tokens
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.examples.set_epoch(epoch)
-
-    def __iter__(self):
-        return itertools.islice(self.batches(), self.skip, None)
-
-    def batches(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        left_over = []
-        examples = iter(self.examples)
-        while pool := list(itertools.islice(examples, self.pool_size)):
-            pool = [*left_over, *pool]
-            sizes = [example_size(example) for example in pool]
-            order = sorted(range(len(pool)), key=sizes.__getitem__)  # stable: equal sizes keep the shuffled order
-            if self.max_tokens is not None:
-                check_max_tokens(sizes, self.max_tokens)
-                batches, left_over = pack(order, sizes, self.max_tokens), []
-            else:
-                whole = len(order) - len(order) % self.batch_size
-                batches = [order[start : start + self.batch_size] for start in range(0, whole, self.batch_size)]
-                left_over = [pool[index] for index in order[whole:]]
-            for index in torch.randperm(len(batches), generator=generator).tolist():
-                yield [pool[position] for position in batches[index]]
+def stream_encoders(tokenizer, columns: list[str], max_length: int) -> list:
+    """The batched maps that make training examples of the text `columns`, as `tokenize_pairs` (two columns: source
+    and target) and `tokenize_blocks` (one column) do."""
+    if len(columns) == 2:
+        return [pair_encoder(tokenizer, *columns, max_length)]
+    return list(block_encoder(tokenizer, *columns, max_length))

@@ -6,8 +6,8 @@ import sacrebleu
 import torch
 from accelerate.utils import gather_object
 
+from vaswani.modeling.pipeline_vaswani import EXTRA_OUTPUT_TOKENS
 from vaswani.modeling.pipelines import translate
-from vaswani.training.arguments import TrainArguments
 from vaswani.training.loop import evaluate_loss
 
 EXAMPLES_SHOWN = 5
@@ -45,18 +45,20 @@ def corpus_scores(hypotheses: list[str], references: list[str], signatures: bool
     return scores
 
 
-def translation_metrics(model, tokenizer, dataset, args: TrainArguments, accelerator) -> tuple[dict, list[dict]]:
-    """`corpus_scores` of the model's beam-search translations of `dataset`, and a few examples."""
-    count = len(dataset) if args.max_eval_examples is None else min(len(dataset), args.max_eval_examples)
-    sources, references = dataset[args.source_column][:count], dataset[args.target_column][:count]
+def translation_metrics(
+    model, tokenizer, sources: list[str], references: list[str], accelerator, num_beams: int, length_penalty: float,
+    max_length: int,
+) -> tuple[dict, list[dict]]:
+    """`corpus_scores` of the model's beam-search translations of `sources` (each at most `max_length` tokens, the
+    translation up to 50 more, §6.1), and a few examples."""
     model = accelerator.unwrap_model(model).eval()
     with accelerator.split_between_processes(sources) as shard:
         hypotheses = translate(
             model, tokenizer, shard, show_progress=accelerator.is_local_main_process,
-            num_beams=args.num_beams, length_penalty=args.length_penalty, max_new_tokens=args.max_length + 50,
+            num_beams=num_beams, length_penalty=length_penalty, max_new_tokens=max_length + EXTRA_OUTPUT_TOKENS,
         )  # fmt: skip
     hypotheses = gather_object(hypotheses)
-    metrics = {**corpus_scores(hypotheses, references, signatures=True), "translated_examples": count}
+    metrics = {**corpus_scores(hypotheses, references, signatures=True), "translated_examples": len(sources)}
     metrics["looping_translations"] = sum(map(loops, hypotheses))
     examples = [
         {"source": source, "reference": reference, "translation": hypothesis}

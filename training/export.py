@@ -1,16 +1,14 @@
 """A Hub-ready folder for any Vaswani model: weights, config with `auto_map`, code, tokenizer, model card.
 
 The folder loads with `AutoModel...from_pretrained(folder_or_repo, trust_remote_code=True)` where `vaswani` is not
-installed (transformers imports the code files copied here, byte for byte the tested ones; see STYLE.md's
-import rule) and with plain `from_pretrained` where it is (the package registers its classes with the Auto
+installed (transformers imports the code files copied here, byte for byte the tested ones: they import each
+other only by single-dot relative imports, which transformers copies along) and with plain `from_pretrained` where it
+is (the package registers its classes with the Auto
 classes, and local code wins over `auto_map`).
 """
 
 import json
-import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -75,30 +73,9 @@ def save_for_hub(
     return folder
 
 
-@contextmanager
-def replacing_folder(folder: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary sibling of `folder` to write into; when the block ends without error, the temporary
-    takes the place of `folder` by renames. A run killed at any moment leaves the previous complete folder (possibly
-    moved aside to `.NAME.old` for an instant) or the new one, never a half-written one that fails to load."""
-    folder = Path(folder)
-    temporary, previous = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
-    for leftover in (temporary, previous):
-        shutil.rmtree(leftover, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    try:
-        yield temporary
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    if folder.exists():
-        os.replace(folder, previous)
-    os.replace(temporary, folder)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
 def add_auto_map(config_path: Path, custom_pipelines: dict | None = None) -> None:
-    """Name the code files for every Auto class (register_for_auto_class cannot: see STYLE.md) and, for a seq2seq
-    model, the translation pipeline's: `pipeline("translation", model=folder, trust_remote_code=True)`."""
+    """Name the code files for every Auto class and, for a seq2seq model, the translation pipeline's
+    (`register_for_auto_class` cannot: it fails on the modeling file's fallback import of the installed package): `pipeline("translation", model=folder, trust_remote_code=True)`."""
     config = json.loads(config_path.read_text())
     config["auto_map"] = AUTO_MAP
     if custom_pipelines:

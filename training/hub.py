@@ -22,7 +22,9 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
-from safetensors import SafetensorError, safe_open
+
+from vaswani.configuration.errors import InputError
+from vaswani.configuration.files import safetensors_problem
 
 # The base class of the errors of huggingface_hub's HTTP library (httpx; httpx2 since 2.0), which it raises as they
 # are for a Hub it cannot reach.
@@ -39,7 +41,7 @@ HOW_TO_LOAD = re.compile(r"^## How to load\n.*?(?=^## |\Z)", re.MULTILINE | re.D
 QUOTED_REPO_ID = re.compile(r'(\.from_pretrained\(")[^"\n]*(")')
 
 
-class NotAnExportError(ValueError):
+class NotAnExportError(InputError):
     """The folder is not a Hub-ready export: the message names what is missing or broken."""
 
 
@@ -66,7 +68,8 @@ def check_export(folder: str | Path) -> None:
     if missing:
         raise NotAnExportError(f"{folder} lacks code files that config.json names: {', '.join(missing)}.")
     for weights in weight_files(folder):
-        check_safetensors(weights)
+        if (problem := safetensors_problem(weights)) is not None:
+            raise NotAnExportError(f"{weights} is not an intact safetensors file ({problem}): export the model again.")
     if not (folder / TOKENIZER_FILE).is_file():
         raise NotAnExportError(f"{folder} has no tokenizer ({TOKENIZER_FILE}): {EXPORT_HINT}.")
 
@@ -98,19 +101,6 @@ def weight_files(folder: Path) -> list[Path]:
     raise NotAnExportError(f"{folder} has no weights ({WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}): {EXPORT_HINT}.")
 
 
-def safetensors_problem(path: Path) -> str | None:
-    """Why the `safetensors` library cannot open `path`, or None: it checks that the header is complete and that the
-    tensors it describes cover the file exactly, so a truncated or padded copy is caught before anyone loads it."""
-    try:
-        with safe_open(path, framework="pt"):
-            return None
-    except (SafetensorError, OSError) as error:
-        return str(error)
-
-
-def check_safetensors(path: Path) -> None:
-    if (problem := safetensors_problem(path)) is not None:
-        raise NotAnExportError(f"{path} is not an intact safetensors file ({problem}): export the model again.")
 
 
 def name_repo_in_card(folder: Path, repo_id: str) -> None:

@@ -25,21 +25,22 @@ from accelerate import PartialState
 from datasets import DatasetDict
 from accelerate.utils import DistributedType, gather_object, set_seed
 
-from vaswani.training.arguments import InputError, TrainArguments
-from vaswani.training.batching import global_batch_description
+from vaswani.configuration.errors import InputError
+from vaswani.configuration.files import replacing_folder
+from vaswani.training.arguments import TrainArguments
+from vaswani.training.batching import evaluation_loader, global_batch_description
 from vaswani.training.build import build_model, build_tokenizer, tokenizer_for_data, tokenizer_to_save
+from vaswani.training.checkpoints import TrainingState, resolve_resume
 from vaswani.training.data import (
     build_collator, load_raw_dataset, load_streaming_dataset, process_stream, stream_encoders, tokenize_blocks,
     tokenize_pairs,
 )  # fmt: skip
+from vaswani.training.distributed import build_accelerator
 from vaswani.training.evaluation import language_model_metrics, translation_metrics
-from vaswani.training.export import replacing_folder, save_for_hub
+from vaswani.training.export import save_for_hub
 from vaswani.training.hub import push_trained_model
-from vaswani.training.loop import (
-    TrainingState, build_accelerator, evaluation_loader, resolve_resume, save_training_summary, train,
-)  # fmt: skip
+from vaswani.training.loop import save_training_summary, train
 from vaswani.training.plots import plot_loss_curves
-from vaswani.training.presets import tokenizer_training_data
 from vaswani.training.selection import PRETRAINING_SELECTION, ModelSelection, final_weights, final_weights_description
 
 FINAL_MODEL = "model"
@@ -66,13 +67,15 @@ def run(args: TrainArguments) -> RunResult:
 
 def train_evaluate_export(args: TrainArguments) -> RunResult:
     started = time.perf_counter()
-    resume_from = resolve_resume(args)  # a bad --resume fails here, before any data is read
-    accelerator = build_accelerator(args)
+    resume_from = resolve_resume(args.resume, args.output_dir)  # a bad --resume fails here, before any data is read
+    accelerator = build_accelerator(
+        args.mixed_precision, args.gradient_accumulation_steps, args.max_tokens is not None, args.output_dir
+    )
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     raw = load_run_dataset(args)
     with accelerator.main_process_first():  # one process trains the tokenizer and fills the datasets cache
-        tokenizer = build_tokenizer(args, tokenizer_training_data(raw, args), resume_from)
+        tokenizer = build_tokenizer(args, raw, resume_from)
         tokenized = tokenize(raw, tokenizer_for_data(tokenizer, args.objective), args)
     model = build_model(args, tokenizer)
     collator = build_collator(args.objective, tokenizer_for_data(tokenizer, args.objective), model)
@@ -81,11 +84,7 @@ def train_evaluate_export(args: TrainArguments) -> RunResult:
     validation_loss = final_weights(model, tokenized["validation"], collator, state, args, accelerator)
 
     eval_split = "test" if "test" in raw else "validation"
-    if args.objective == "seq2seq":
-        metrics, examples = translation_metrics(model, tokenizer, raw[eval_split], args, accelerator)
-    else:
-        loader = accelerator.prepare(evaluation_loader(tokenized[eval_split], collator, args, accelerator))
-        metrics, examples = language_model_metrics(model, loader, accelerator, args.seed), []
+    metrics, examples = final_metrics(model, tokenizer, raw[eval_split], tokenized[eval_split], collator, args, accelerator)
     metrics["validation_loss"] = validation_loss
     result = RunResult(args, output_dir / FINAL_MODEL, metrics, examples, state, time.perf_counter() - started)
     weights = sharded_weights(model, accelerator)
@@ -97,8 +96,22 @@ def train_evaluate_export(args: TrainArguments) -> RunResult:
     return result
 
 
+def final_metrics(model, tokenizer, raw, tokenized, collator, args: TrainArguments, accelerator):
+    """BLEU and chrF of the test translations (seq2seq), or the held-out loss and perplexity (mlm, clm)."""
+    if args.objective != "seq2seq":
+        loader = evaluation_loader(tokenized, collator, args.seed, accelerator.num_processes, args.batch_size,
+                                   args.max_tokens)  # fmt: skip
+        return language_model_metrics(model, accelerator.prepare(loader), accelerator, args.seed), []
+    if args.max_eval_examples is not None:
+        raw = raw.select(range(min(len(raw), args.max_eval_examples)))
+    return translation_metrics(
+        model, tokenizer, raw[args.source_column], raw[args.target_column], accelerator, args.num_beams,
+        args.length_penalty, args.max_length,
+    )  # fmt: skip
+
+
 def load_run_dataset(args: TrainArguments):
-    columns = [args.source_column, args.target_column] if args.objective == "seq2seq" else [args.text_column]
+    columns = args.text_columns()
     if args.streaming:
         return load_streaming_dataset(
             args.dataset, args.dataset_config, args.validation_examples, columns, args.strict_data
@@ -109,23 +122,24 @@ def load_run_dataset(args: TrainArguments):
 
 
 def tokenize(raw, tokenizer, args: TrainArguments):
+    columns = args.text_columns()
     if not args.streaming:
-        return tokenize_in_memory(raw, tokenizer, args)
+        return tokenize_in_memory(raw, tokenizer, columns, args.max_length)
     # The evaluation splits now; the training stream as training reads it, each process its own part.
-    in_memory = tokenize_in_memory(DatasetDict({split: rows for split, rows in raw.items() if split != "train"}),
-                                   tokenizer, args)  # fmt: skip
+    in_memory = DatasetDict({split: rows for split, rows in raw.items() if split != "train"})
     processes = PartialState()
     train = process_stream(
         raw["train"], raw.sharding, processes.process_index, processes.num_processes, args.seed, args.shuffle_buffer,
-        *stream_encoders(tokenizer, args),
+        columns, stream_encoders(tokenizer, columns, args.max_length),
     )  # fmt: skip
-    return {**in_memory, "train": train}
+    return {**tokenize_in_memory(in_memory, tokenizer, columns, args.max_length), "train": train}
 
 
-def tokenize_in_memory(raw: DatasetDict, tokenizer, args: TrainArguments) -> DatasetDict:
-    if args.objective == "seq2seq":
-        return tokenize_pairs(raw, tokenizer, args.source_column, args.target_column, args.max_length)
-    return tokenize_blocks(raw, tokenizer, args.text_column, args.max_length)
+def tokenize_in_memory(raw: DatasetDict, tokenizer, columns: list[str], max_length: int) -> DatasetDict:
+    """Pairs of a source and a target column (seq2seq), or the blocks of one text column (mlm, clm)."""
+    if len(columns) == 2:
+        return tokenize_pairs(raw, tokenizer, *columns, max_length)
+    return tokenize_blocks(raw, tokenizer, *columns, max_length)
 
 
 def sharded_weights(model, accelerator) -> dict | None:
@@ -161,24 +175,24 @@ def describe(args: TrainArguments, result: RunResult, eval_split: str) -> dict:
         "dataset_name": args.dataset,
         "eval_split": eval_split,
         "license": "apache-2.0",
-        "description": f"A {task[args.objective]} model trained with `vaswani-train` on {dataset_description(args)}.",
-        "data": data_description(args),
+        "description": f"A {task[args.objective]} model trained with `vaswani-train` on {dataset_description(args.dataset)}.",
+        "data": data_description(args.dataset),
         "training": training_description(args, result),
         "examples": result.examples,
     }
 
 
-def dataset_description(args: TrainArguments) -> str:
-    if args.dataset == "bible-en-es":
+def dataset_description(dataset: str) -> str:
+    if dataset == "bible-en-es":
         return ("the package's embedded corpus: English (World English Bible) to Spanish (Reina-Valera 1909) verse "
                 "pairs, both public domain, split by whole books (test: Esther, Philemon, Jude)")  # fmt: skip
-    if args.dataset == "bible-en":
+    if dataset == "bible-en":
         return "the package's embedded English corpus (World English Bible verses, public domain)"
-    return f"`{args.dataset}`"
+    return f"`{dataset}`"
 
 
-def data_description(args: TrainArguments) -> str | None:
-    if not args.dataset.startswith("bible-"):
+def data_description(dataset: str) -> str | None:
+    if not dataset.startswith("bible-"):
         return None
     return (
         "The embedded corpus of the `vaswani` package: the World English Bible (English) and the Reina-Valera 1909 "
@@ -194,13 +208,20 @@ SCHEDULE_ENDS = {"linear": " (down to 0 at the last step)", "cosine": " (down to
 def training_description(args: TrainArguments, result: RunResult) -> str:
     warm = f" Encoder from `{args.init_encoder}`, decoder from `{args.init_decoder}`." if args.init_encoder else ""
     return (
-        f"{result.state.step} steps of {global_batch_description(args, PartialState().num_processes)}, Adam "
+        f"{result.state.step} steps of {batch_description(args)}, Adam "
         f"(beta2 0.98, eps 1e-9), {args.lr_scheduler} schedule peaking at {args.peak_learning_rate():.2e} after "
         f"{args.warmup_steps} warm-up steps{SCHEDULE_ENDS.get(args.lr_scheduler, '')}, label smoothing "
         f"{args.label_smoothing}, dropout {args.dropout}; "
         f"{result.seconds / 60:.1f} minutes in all (training, evaluation, export).{warm}"
-        f"{final_weights_description(args)}"
+        f"{final_weights_description(args.average_last, args.keep_best, args.metric_for_best)}"
     )
+
+
+def batch_description(args: TrainArguments) -> str:
+    return global_batch_description(
+        args.batch_size, args.max_tokens, args.gradient_accumulation_steps, PartialState().num_processes,
+        args.objective == "seq2seq",
+    )  # fmt: skip
 
 
 def run_warm_start_comparison(args: TrainArguments) -> RunResult:
@@ -211,14 +232,12 @@ def run_warm_start_comparison(args: TrainArguments) -> RunResult:
 
 
 def compare_warm_start(args: TrainArguments) -> RunResult:
-    if args.streaming:  # a --preset run with an explicit --pretrain-steps, which the arguments' checks cannot see
-        raise InputError("--streaming trains one model, not the warm-start comparison's four: use --pretrain-steps 0.")
     started = time.perf_counter()
     output_dir = Path(args.output_dir)
     tokenizer_dir = output_dir / "tokenizer"
     if args.tokenizer is None:
         raw = load_run_dataset(args)
-        build_tokenizer(args, tokenizer_training_data(raw, args)).save_pretrained(tokenizer_dir)
+        build_tokenizer(args, raw).save_pretrained(tokenizer_dir)
     shared = {"tokenizer": args.tokenizer or str(tokenizer_dir), "pretrain_steps": 0, "push_to_hub": None}
     pretraining = {
         "max_steps": args.pretrain_steps,

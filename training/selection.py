@@ -12,14 +12,13 @@ best ones (`--keep-best`), and measures their validation loss, which is what run
 """
 
 import json
-import os
-import shutil
-from dataclasses import replace
 from pathlib import Path
 
+from vaswani.configuration.files import replace_folder, temporary_sibling
 from vaswani.training.averaging import last_checkpoints, load_average
+from vaswani.training.batching import evaluation_loader
 from vaswani.training.evaluation import translation_metrics
-from vaswani.training.loop import evaluate_loss, evaluation_loader
+from vaswani.training.loop import evaluate_loss
 
 BEST = "best"  # OUTPUT_DIR/best: model.safetensors and best.json (step and metrics)
 # The warm-start comparison's pretraining runs (mlm, clm) end with their last weights: BLEU, best-model and
@@ -79,8 +78,12 @@ class ModelSelection:
         )
 
     def validation_bleu(self, model, accelerator) -> dict:
-        capped = replace(self.args, max_eval_examples=self.args.eval_bleu_examples)
-        metrics, _ = translation_metrics(model, self.tokenizer, self.validation_pairs, capped, accelerator)
+        args = self.args
+        pairs = self.validation_pairs.select(range(min(len(self.validation_pairs), args.eval_bleu_examples)))
+        metrics, _ = translation_metrics(
+            model, self.tokenizer, pairs[args.source_column], pairs[args.target_column], accelerator,
+            args.num_beams, args.length_penalty, args.max_length,
+        )  # fmt: skip
         model.train()  # translation_metrics leaves the model in eval mode
         return {"bleu": metrics["bleu"], "chrf": metrics["chrf"]}
 
@@ -88,12 +91,14 @@ class ModelSelection:
         """Weights and best.json into a temporary folder, then renamed: a run killed while writing never leaves
         half-written best weights."""
         folder = Path(self.args.output_dir) / BEST
-        temporary = folder.with_name(f"{BEST}.tmp")
+        temporary = folder.with_name(f".{BEST}.tmp")
+        if accelerator.is_main_process:
+            temporary = temporary_sibling(folder)
+        accelerator.wait_for_everyone()
         accelerator.save_model(model, temporary)  # gathers sharded weights; safetensors, tied weights stored once
         if accelerator.is_main_process:
             (temporary / "best.json").write_text(json.dumps({"metric": self.metric, **entry}, indent=1))
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(temporary, folder)
+            replace_folder(temporary, folder)
         accelerator.wait_for_everyone()
 
 
@@ -108,15 +113,18 @@ def final_weights(model, eval_dataset, collator, state, args, accelerator) -> fl
         return state.eval_log[-1]["loss"]
     # The best weights were written by this run (no manifest); checkpoints are verified against theirs.
     load_average(accelerator.unwrap_model(model), folders, verify=not args.keep_best)
-    loader = accelerator.prepare(evaluation_loader(eval_dataset, collator, args, accelerator))
+    loader = evaluation_loader(
+        eval_dataset, collator, args.seed, accelerator.num_processes, args.batch_size, args.max_tokens
+    )
+    loader = accelerator.prepare(loader)
     return evaluate_loss(model, loader, accelerator)["loss"]
 
 
-def final_weights_description(args) -> str:
+def final_weights_description(average_last: int, keep_best: bool, metric_for_best: str) -> str:
     """The model card's sentence on which weights the run ended with (empty for the last ones)."""
-    if args.average_last:
-        return f" The weights are the parameter mean of the last {args.average_last} checkpoints (§6.1)."
-    if args.keep_best:
-        metric = "validation BLEU" if args.metric_for_best == "bleu" else "validation loss"
+    if average_last:
+        return f" The weights are the parameter mean of the last {average_last} checkpoints (§6.1)."
+    if keep_best:
+        metric = "validation BLEU" if metric_for_best == "bleu" else "validation loss"
         return f" The weights are those of the evaluation with the best {metric} (`--keep-best`)."
     return ""
