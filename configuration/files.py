@@ -14,13 +14,34 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from .errors import InputError
+
 
 def write_atomically(path: str | Path, text: str) -> None:
-    """Replace `path` by a file holding `text`, by a rename of a temporary sibling."""
+    """Replace `path` by a file holding `text` (UTF-8), by a rename of a temporary sibling."""
+    with written_atomically(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(text)
+
+
+@contextmanager
+def written_atomically(path: str | Path) -> Iterator[Path]:
+    """Yield a new temporary sibling of `path` to write the file into; when the block ends without error, it
+    replaces `path` by a rename, which replaces a link at `path` rather than following it. The temporary is created
+    here, exclusively and without following a link, so that a link planted under its name cannot carry the write
+    elsewhere either; when the block fails, it is removed and `path` is left as it was."""
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise InputError(f"{path} is a folder where a file is to be written; remove it, or write elsewhere.")
     temporary = path.with_name(f".{path.name}.tmp")
     remove_path(temporary)
-    temporary.write_text(text)
+    make_parent(temporary)
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    try:
+        yield temporary
+    except BaseException:
+        remove_path(temporary)
+        raise
     os.replace(temporary, path)
 
 
@@ -37,8 +58,18 @@ def temporary_sibling(folder: str | Path) -> Path:
     folder = Path(folder)
     temporary = folder.with_name(f".{folder.name}.tmp")
     remove_path(temporary)
-    temporary.mkdir(parents=True)
+    make_parent(temporary)
+    temporary.mkdir()
     return temporary
+
+
+def make_parent(path: Path) -> None:
+    """Create the folders above `path`; a file where one of them belongs is named."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        blocking = next(parent for parent in reversed(path.parents) if parent.exists() and not parent.is_dir())
+        raise InputError(f"{blocking} is a file where a folder is to be made; remove it, or write elsewhere.") from error
 
 
 def replace_folder(temporary: Path, folder: str | Path) -> None:

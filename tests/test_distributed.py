@@ -25,7 +25,6 @@ from transformers.distributed.parallel_utils import replace_layer_number_by_wild
 from vaswani import VaswaniForCausalLM, VaswaniForConditionalGeneration, VaswaniForMaskedLM, train_tokenizer
 from vaswani.training.__main__ import main
 from vaswani.configuration.errors import InputError
-from vaswani.training.arguments import parse_arguments
 from vaswani.training.corpus import load_parallel_corpus
 from vaswani.training.checkpoints import LATEST
 from vaswani.training.distributed import build_accelerator

@@ -26,11 +26,13 @@ from vaswani.training.build import build_model, build_tokenizer
 from vaswani.training.data import load_raw_dataset, tokenize_pairs
 from vaswani.training.export import save_for_hub
 from vaswani.training.checkpoints import LATEST, MANIFEST, STATE_FILE, TOKENIZER, resolve_resume, write_manifest
-from vaswani.training.run import LOCK_FILE, locked_output_folder, run
+from vaswani.training.output_folder import LOCK_FILE, locked_output_folder
+from vaswani.training.run import run
 
 TINY_RUN = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ffn-dim", "64", "--vocab-size", "300",
             "--max-length", "48", "--batch-size", "8", "--warmup-steps", "2", "--num-beams", "1",
-            "--max-eval-examples", "2", "--pretrain-steps", "0", "--validation-fraction", "0.2"]  # fmt: skip
+            "--max-eval-examples", "2", "--pretrain-steps", "0", "--validation-fraction", "0.2",
+            "--lr-scheduler", "inverse_sqrt"]  # fmt: skip
 
 
 class CreatesAFile:

@@ -41,6 +41,9 @@ def tokenizer_dir(pairs_file, tmp_path_factory) -> Path:
     return save_pairs_tokenizer(pairs_file, tmp_path_factory.mktemp("tokenizer"))
 
 
+INVERSE_SQRT = ["--lr-scheduler", "inverse_sqrt"]
+
+
 def stream_args(output_dir, pairs_file, tokenizer_dir, *extra):
     data = ["--dataset", str(pairs_file), "--tokenizer", str(tokenizer_dir), "--output-dir", str(output_dir)]
     return parse_arguments([*TINY_RUN, *STREAM, *data, *extra])
@@ -157,7 +160,8 @@ def test_streaming_training_resumes_exactly(batching, tmp_path, pairs_file, toke
 def test_a_streaming_checkpoint_resumes_only_with_as_many_processes(tmp_path, pairs_file, tokenizer_dir):
     from vaswani.training.checkpoints import write_manifest
 
-    run(stream_args(tmp_path, pairs_file, tokenizer_dir, "--batch-size", "8", "--max-steps", "1"))
+    # inverse_sqrt: the resume may then extend --max-steps (a linear schedule is bound to it)
+    run(stream_args(tmp_path, pairs_file, tokenizer_dir, "--batch-size", "8", "--max-steps", "1", *INVERSE_SQRT))
     checkpoint = tmp_path / "checkpoints" / "step-0000001"
     state = json.loads((checkpoint / "training_state.json").read_text())
     state["process_positions"] *= 2  # as if saved by two processes
@@ -166,7 +170,7 @@ def test_a_streaming_checkpoint_resumes_only_with_as_many_processes(tmp_path, pa
     write_manifest(checkpoint)
     with pytest.raises(ValueError, match="saved by 2 processes, each reading its own part.*as many \\(not 1\\)"):
         run(stream_args(tmp_path, pairs_file, tokenizer_dir, "--batch-size", "8", "--max-steps", "2", "--resume",
-                        "latest"))  # fmt: skip
+                        "latest", *INVERSE_SQRT))  # fmt: skip
 
 
 WORKER = """

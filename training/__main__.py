@@ -8,6 +8,8 @@ from accelerate import PartialState
 
 from vaswani.configuration.errors import InputError
 from vaswani.training.arguments import parse_arguments
+from vaswani.training.loop import RunStopped
+from vaswani.training.output_folder import WARM_START_SUMMARY
 from vaswani.training.run import RunResult, run, run_warm_start_comparison
 
 
@@ -23,7 +25,7 @@ def report(result: RunResult) -> str:
 
 def comparison_report(output_dir: str) -> str:
     """The answer to "does warm-starting help?", from the summary run_warm_start_comparison wrote."""
-    summary = json.loads((Path(output_dir) / "warm_start_comparison.json").read_text())
+    summary = json.loads((Path(output_dir) / WARM_START_SUMMARY).read_text())
     lines = ["Warm start, same translation steps:"]
     for name in ("from-scratch", "warm-started"):
         metrics = summary[name]
@@ -32,16 +34,22 @@ def comparison_report(output_dir: str) -> str:
     return "\n".join([*lines, f"  kept: {summary['kept']}", ""])
 
 
+def stopped(message: str, exit_code: int) -> int:
+    if PartialState().is_main_process:
+        print(f"vaswani-train: {message}", file=sys.stderr)
+    PartialState().destroy_process_group()
+    return exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_arguments(argv)
         compares = args.compares_warm_start()
         result = run_warm_start_comparison(args) if compares else run(args)
     except InputError as error:  # a flag, file, dataset or checkpoint to fix: the message says which and how
-        if PartialState().is_main_process:
-            print(f"vaswani-train: error: {error}", file=sys.stderr)
-        PartialState().destroy_process_group()
-        return 2
+        return stopped(f"error: {error}", 2)
+    except RunStopped as stop:  # a signal or a diverging loss: the message says what was kept and how to go on
+        return stopped(str(stop), stop.exit_code)
     if PartialState().is_main_process:
         print(("\n" + comparison_report(args.output_dir) if compares else "") + report(result))
     PartialState().destroy_process_group()

@@ -10,7 +10,7 @@ examples up to 128 tokens.
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +24,17 @@ SCHEDULERS = ("inverse_sqrt", "linear", "cosine", "constant_with_warmup")
 DEFAULT_MAX_TOKENS = 2048  # per side: about 55 verse pairs, the main job's batch
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # `name` or `owner/name`; anything else can only be a local path
 METRICS_FOR_BEST = ("loss", "bleu")
+# What a resume may change: where and how often the run writes and evaluates, and which final weights it keeps. Every
+# other option defines the run (the data, the tokenizer, the model, the optimiser and schedule, the batches, the
+# seed), and a resume that gives another value is refused with both named: it would not continue the same run.
+MAY_CHANGE_ON_RESUME = frozenset({
+    "output_dir", "resume", "push_to_hub", "eval_steps", "save_steps", "save_total_limit", "logging_steps",
+    "num_beams", "length_penalty", "max_eval_examples", "eval_bleu_steps", "eval_bleu_examples", "keep_best",
+    "average_last", "early_stopping", "metric_for_best", "tokenizer_sample", "pretrain_steps", "max_steps",
+})  # fmt: skip
+# Schedules whose learning rate at a step does not depend on --max-steps, which a resume may then extend or shorten;
+# the others (linear, cosine) decay to 0 at --max-steps, and a new value would move the rate of the steps left.
+SCHEDULES_WITHOUT_END = ("inverse_sqrt", "constant_with_warmup")
 
 
 @dataclass
@@ -344,6 +355,24 @@ class TrainArguments:
     def text_columns(self) -> list[str]:
         """The columns of text the run reads: source and target for seq2seq, the text for mlm and clm."""
         return [self.source_column, self.target_column] if self.objective == "seq2seq" else [self.text_column]
+
+    def run_definition(self) -> dict:
+        """The options that define this run (JSON values, local paths made absolute), which checkpoints carry."""
+        defining = {name: value for name, value in asdict(self).items() if name not in MAY_CHANGE_ON_RESUME}
+        if self.lr_scheduler not in SCHEDULES_WITHOUT_END:
+            defining["max_steps"] = self.max_steps
+        for name in ("dataset", "tokenizer", "init_model", "init_encoder", "init_decoder"):
+            if defining[name] is not None and Path(defining[name]).exists():
+                defining[name] = str(Path(defining[name]).resolve())
+        return defining
+
+    def resume_differences(self, saved: dict) -> list[str]:
+        """Each defining option whose value differs from the one the resumed checkpoint was trained with."""
+        current = self.run_definition()
+        return [
+            f"{flag(name)}: {saved[name]!r} in the checkpoint, {current[name]!r} now"
+            for name in sorted(saved.keys() & current.keys()) if saved[name] != current[name]
+        ]  # fmt: skip
 
     def compares_warm_start(self) -> bool:
         return self.objective == "seq2seq" and self.pretrain_steps > 0 and not (

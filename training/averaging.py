@@ -23,9 +23,7 @@ from vaswani.configuration.errors import InputError
 from vaswani.training.checkpoints import checkpoint_problem, checkpoint_step, checkpoint_tokenizer, checkpoint_weights
 from vaswani.training.checkpoints import last_checkpoints
 from vaswani.training.export import save_for_hub
-
-FINAL_MODEL = "model"  # run.py's folder of the exported final model, which holds the run's config
-
+from vaswani.training.output_folder import FINAL_MODEL
 
 def average_checkpoints(folders: list[Path], verify: bool = True) -> dict[str, torch.Tensor]:
     """The mean of every tensor in the folders' model weights (a checkpoint's, or a folder's `model.safetensors`),

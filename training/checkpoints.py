@@ -15,6 +15,7 @@ someone else, and unpickling runs code, so the training state is JSON (not Accel
 before anything is read.
 """
 
+import errno
 import hashlib
 import json
 import pickle
@@ -59,6 +60,8 @@ class TrainingState:
     # This process's share of each step's loss since the last log: kept across a resume, so that the first average
     # logged after it covers the same steps as in an uninterrupted run.
     recent_losses: list[float] = field(default_factory=list)
+    # The options that define the run (TrainArguments.run_definition): a resume must give the same.
+    run_definition: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -93,24 +96,40 @@ def save_checkpoint(
     root = checkpoint_root(output_dir)
     final = root / f"step-{state.step:07d}"
     temporary = final.with_name(f".{final.name}.tmp")
-    if accelerator.is_main_process:
-        temporary = temporary_sibling(final)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
     saved_state = replace(state, recent_losses=summed_recent_losses(state, accelerator))
     if per_process_positions:
         saved_state.process_positions = gather_object([[state.epoch, state.batches_in_epoch]])
-    accelerator.wait_for_everyone()
+    try:
+        write_checkpoint(accelerator, saved_state, temporary, tokenizer)
+    except (OSError, RuntimeError) as error:  # a full disk: the OS says ENOSPC, torch "unexpected pos"
+        if accelerator.is_main_process:
+            remove_path(temporary)
+        full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "unexpected pos" in str(error)
+        raise CheckpointError(
+            f"Could not write the checkpoint {final} ({type(error).__name__}: {str(error)[:200]}); nothing of it was "
+            f"kept, and {root / LATEST} still names the last complete one. {'Free space on that disk' if full else 'Fix that'}"
+            ", then resume with --resume latest."
+        ) from error
     if accelerator.is_main_process:
-        (temporary / STATE_FILE).write_text(json.dumps(saved_state.state_dict(), indent=1))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(temporary / TOKENIZER)
-        write_manifest(temporary)
         replace_folder(temporary, final)
         write_atomically(root / LATEST, final.name)
         prune_checkpoints(root, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def write_checkpoint(accelerator: Accelerator, state: TrainingState, temporary: Path, tokenizer=None) -> None:
+    """Every file of the checkpoint into `temporary`, sealed by its manifest (every process takes part)."""
+    if accelerator.is_main_process:
+        temporary_sibling(temporary.with_name(temporary.name.removeprefix(".").removesuffix(".tmp")))
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (temporary / STATE_FILE).write_text(json.dumps(state.state_dict(), indent=1))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(temporary / TOKENIZER)
+        write_manifest(temporary)
 
 
 def summed_recent_losses(state: TrainingState, accelerator: Accelerator) -> list[float]:
@@ -158,9 +177,15 @@ def latest_checkpoint(root: Path) -> Path | None:
     """The checkpoint `latest` names, which must be a checkpoint folder of this run: a `latest` naming an absolute
     path, `..` or a symlink out of the folder is refused, so that a downloaded run cannot point a resume elsewhere."""
     latest = root / LATEST
-    if not latest.exists():
+    if not (latest.exists() or latest.is_symlink()):
         return None
-    name = latest.read_text().strip()
+    try:
+        name = latest.read_text(encoding="utf-8").strip() if latest.is_file() and not latest.is_symlink() else None
+    except (OSError, UnicodeDecodeError):
+        name = None
+    if name is None:
+        raise CheckpointError(f"{latest} is not a readable file naming a checkpoint; it is not followed. Remove it, "
+                              f"or write the name of a checkpoint folder of {root} into it.")  # fmt: skip
     folder = root / name
     if not CHECKPOINT_NAME.fullmatch(name) or folder.resolve().parent != root.resolve():
         raise CheckpointError(
@@ -320,3 +345,33 @@ def checkpoint_tokenizer(folder: Path) -> Path:
 
 def checkpoint_step(folder: Path) -> int:
     return int(folder.name.split("-")[1])
+
+
+def saved_run_definition(folder: Path) -> dict:
+    """The options that defined the run a checkpoint belongs to ({} for a checkpoint from before they were kept)."""
+    try:
+        saved = json.loads((folder / STATE_FILE).read_text()).get("run_definition", {})
+    except (OSError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{folder / STATE_FILE} cannot be read: {error}") from error
+    return saved if isinstance(saved, dict) else {}
+
+
+def check_not_mixed(output_dir: str | Path, resume_from: Path | None) -> None:
+    """A run never mixes its checkpoints with another run's: a new run is refused in a folder that holds
+    checkpoints, and a resume from a checkpoint other than the newest (whose later ones it would overwrite or prune
+    in favour of its own) is refused too."""
+    root = checkpoint_root(output_dir)
+    existing = checkpoint_folders(root)
+    if resume_from is None and existing:
+        raise CheckpointError(
+            f"{root} holds the checkpoints of another run ({', '.join(folder.name for folder in existing)}): a new run "
+            "would mix its checkpoints with them. Resume that run with --resume latest, or give this run another "
+            "--output-dir."
+        )
+    later = [folder for folder in existing if resume_from is not None and folder.name > resume_from.name]
+    if later and resume_from.resolve().parent == root.resolve():
+        raise CheckpointError(
+            f"--resume {resume_from} is not the newest checkpoint of {root} ({later[-1].name} is): continuing from it "
+            "would overwrite the later ones. Resume with --resume latest, or copy the checkpoint into a new "
+            "--output-dir and resume from there."
+        )

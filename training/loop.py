@@ -13,6 +13,10 @@ recipe's, applied here: the model's own `loss` stays plain cross-entropy, as eve
 
 import json
 import math
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,9 +32,30 @@ from vaswani.configuration.files import write_atomically
 from vaswani.modeling.modeling_vaswani import token_cross_entropy
 from vaswani.training.arguments import TrainArguments
 from vaswani.training.batching import StreamBatches, evaluation_loader, global_batch_description, training_loader
-from vaswani.training.checkpoints import LATEST, TrainingState, checkpoint_root, load_checkpoint, resolve_resume
-from vaswani.training.checkpoints import save_checkpoint
+from vaswani.training.checkpoints import LATEST, TrainingState, checkpoint_root, latest_checkpoint, load_checkpoint
+from vaswani.training.checkpoints import resolve_resume, save_checkpoint
 from vaswani.training.distributed import prepare_for_fsdp2
+from vaswani.training.output_folder import TENSORBOARD
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class RunStopped(Exception):
+    """The run ended before --max-steps, on purpose, with everything it trained safe: the message says where and how
+    to go on, and `vaswani-train` exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class TrainingDiverged(RunStopped):
+    """A non-finite loss or gradient: the run stopped before that update, so no weights it saves are non-finite."""
+
+
+class TrainingInterrupted(RunStopped):
+    """SIGTERM or SIGINT: the run saved a checkpoint at its last step and stopped."""
 
 
 def build_optimizer_and_scheduler(
@@ -99,9 +124,10 @@ def recipe_loss(model, batch: dict, num_items_in_batch, label_smoothing: float) 
 
 def train_step(
     model, optimizer, scheduler, batches: list[dict], accelerator, max_grad_norm: float, label_smoothing: float
-) -> float:
-    """One optimiser step over the micro-batches `batches` (one per accumulation step); returns this process's share
-    of the step's loss (the shares of all processes sum to the loss of the step)."""
+) -> tuple[float, bool]:
+    """One optimiser step over the micro-batches `batches` (one per accumulation step). Returns this process's share
+    of the step's loss (the shares of all processes sum to the loss of the step), and whether the step was taken:
+    with a non-finite loss or gradient on any process it is not, so the weights stay finite."""
     num_items_in_batch = labelled_tokens(batches, accelerator)
     step_loss = 0.0
     for batch in batches:
@@ -111,13 +137,24 @@ def train_step(
             # count and DDP averages over processes, so both are multiplied back (as in Accelerate's guide to
             # accumulation with variable-size samples).
             accelerator.backward(loss * len(batches) * accelerator.num_processes)
-            if accelerator.sync_gradients and max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            step_loss += loss.item()
+            if accelerator.sync_gradients:
+                # The norm is measured even without clipping (an infinite bound scales by 1): it is the check.
+                norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
+                if not on_every_process(accelerator, math.isfinite(step_loss) and math.isfinite(float(norm))):
+                    optimizer.zero_grad()
+                    return step_loss, False
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        step_loss += loss.item()
-    return step_loss
+    return step_loss, True
+
+
+def on_every_process(accelerator: Accelerator, condition: bool) -> bool:
+    """Whether `condition` holds on every process, so that all of them take the same branch."""
+    if accelerator.num_processes == 1:
+        return condition
+    return accelerator.reduce(torch.tensor(float(not condition), device=accelerator.device), "sum").item() == 0
 
 
 @torch.no_grad()
@@ -140,45 +177,121 @@ def train(
     selection=None,
 ) -> TrainingState:
     """Train `model` for `args.max_steps` optimiser steps; evaluates, logs and checkpoints (with `tokenizer`);
-    `selection` (training/selection.py) adds validation BLEU, the best weights and early stopping."""
+    `selection` (training/selection.py) adds validation BLEU, the best weights and early stopping. A non-finite
+    loss raises TrainingDiverged before its update; SIGTERM or SIGINT, TrainingInterrupted after a checkpoint."""
     set_seed(args.seed)
     model, optimizer, scheduler, train_loader, eval_loader = prepared_for_training(
         model, train_dataset, eval_dataset, collator, args, accelerator
     )
     state = restored_state(accelerator, args.resume, args.output_dir)
-    accelerator.init_trackers("tensorboard", config={k: v for k, v in asdict(args).items() if v is not None})
+    state.run_definition = args.run_definition()  # what a resume of this run must match (checkpoints carry it)
+    model.train()
+    batches = micro_batches_forever(train_loader, state, accelerator)
+    with stop_requests() as caught, training_progress(args, state, accelerator) as progress:
+        while state.step < args.max_steps:
+            step_batches = [next(batches) for _ in range(args.gradient_accumulation_steps)]
+            loss, taken = train_step(
+                model, optimizer, scheduler, step_batches, accelerator, args.max_grad_norm, args.label_smoothing
+            )
+            if not taken:
+                raise diverged(state.step + 1, scheduler.get_last_lr()[0], loss, args.output_dir)
+            state.recent_losses.append(loss)
+            state.step += 1
+            progress.update(1)
+            if after_step(model, eval_loader, state, scheduler, args, accelerator, tokenizer, selection, progress):
+                break
+            if not on_every_process(accelerator, not caught):
+                raise interrupted(accelerator, state, args, tokenizer, caught)
+    return state
+
+
+def after_step(model, eval_loader, state, scheduler, args, accelerator, tokenizer, selection, progress) -> bool:
+    """Log, evaluate, select and checkpoint as the step's number says; True when training should stop early."""
+    if state.step % args.logging_steps == 0 or state.step == args.max_steps:
+        log_training(accelerator, state, scheduler, progress)
+    if state.step % args.eval_steps == 0 or state.step == args.max_steps:
+        log_evaluation(accelerator, state, evaluate_loss(model, eval_loader, accelerator), progress)
+    # Validation BLEU, best weights, early stopping (training/selection.py), before the checkpoint records them.
+    stop_early = selection is not None and selection.after_step(model, state, accelerator)
+    if is_save_step(state.step, args.save_steps, args.max_steps):
+        save_checkpoint(accelerator, state, args.output_dir, args.save_total_limit, tokenizer, args.streaming)
+    if stop_early:
+        accelerator.print(f"Early stopping at step {state.step}: {args.early_stopping} evaluations did not improve.")
+    return stop_early
+
+
+def is_save_step(step: int, save_steps: int, max_steps: int) -> bool:
+    return step % save_steps == 0 or step == max_steps
+
+
+@contextmanager
+def training_progress(args: TrainArguments, state: TrainingState, accelerator: Accelerator) -> Iterator[tqdm]:
+    """TensorBoard and a progress bar for the block (the batch of a step printed first); both closed however it
+    ends."""
+    accelerator.init_trackers(TENSORBOARD, config={k: v for k, v in asdict(args).items() if v is not None})
     description = global_batch_description(
         args.batch_size, args.max_tokens, args.gradient_accumulation_steps, accelerator.num_processes,
         args.objective == "seq2seq",
     )  # fmt: skip
     accelerator.print(f"Batch per step: {description}")
-    model.train()
-    batches = micro_batches_forever(train_loader, state, accelerator)
     progress = tqdm(
         total=args.max_steps, initial=state.step, desc=f"Training ({args.objective})",
         disable=not accelerator.is_local_main_process,
     )  # fmt: skip
-    while state.step < args.max_steps:
-        step_batches = [next(batches) for _ in range(args.gradient_accumulation_steps)]
-        loss = train_step(model, optimizer, scheduler, step_batches, accelerator, args.max_grad_norm, args.label_smoothing)
-        state.recent_losses.append(loss)
-        state.step += 1
-        progress.update(1)
-        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
-            log_training(accelerator, state, scheduler, progress)
-        if state.step % args.eval_steps == 0 or state.step == args.max_steps:
-            log_evaluation(accelerator, state, evaluate_loss(model, eval_loader, accelerator), progress)
-        # Validation BLEU, best weights, early stopping (training/selection.py), before the checkpoint records them.
-        stop_early = selection is not None and selection.after_step(model, state, accelerator)
-        if state.step % args.save_steps == 0 or state.step == args.max_steps:
-            save_checkpoint(accelerator, state, args.output_dir, args.save_total_limit, tokenizer, args.streaming)
-        if stop_early:
-            accelerator.print(f"Early stopping at step {state.step}: {args.early_stopping} evaluations did not improve.")
-            break
-    progress.close()
-    for tracker in accelerator.trackers:  # not end_training(): that also ends the process group evaluation needs
-        tracker.finish()
-    return state
+    try:
+        yield progress
+    finally:
+        progress.close()
+        for tracker in accelerator.trackers:  # not end_training(): that also ends the process group evaluation needs
+            tracker.finish()
+
+
+@contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """For the block, SIGTERM (what schedulers and preemptible machines send) and SIGINT (Ctrl-C) ask the run to stop
+    after its current step: the list holds the signal caught. A second signal stops the process at once."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may handle signals
+        yield caught
+        return
+
+    def request_stop(number: int, frame) -> None:
+        caught.append(number)
+        for other in STOP_SIGNALS:
+            signal.signal(other, signal.SIG_DFL)
+
+    previous = {number: signal.signal(number, request_stop) for number in STOP_SIGNALS}
+    try:
+        yield caught
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def interrupted(accelerator, state: TrainingState, args: TrainArguments, tokenizer, caught: list[int]):
+    """Save the current step (unless it was just saved) and say how to go on."""
+    if not is_save_step(state.step, args.save_steps, args.max_steps):
+        save_checkpoint(accelerator, state, args.output_dir, args.save_total_limit, tokenizer, args.streaming)
+    number = caught[0] if caught else signal.SIGTERM  # another process may have caught it
+    name = signal.Signals(number).name
+    folder = checkpoint_root(args.output_dir) / f"step-{state.step:07d}"
+    return TrainingInterrupted(
+        f"stopped by {name} at step {state.step} of {args.max_steps}: checkpoint saved to {folder}. Resume with the "
+        f"same options and --resume latest.", 128 + number,
+    )  # fmt: skip
+
+
+def diverged(step: int, learning_rate: float, loss: float, output_dir: str | Path) -> TrainingDiverged:
+    try:
+        last_good = latest_checkpoint(checkpoint_root(output_dir)) or "none yet"
+    except InputError:
+        last_good = "none readable"
+    return TrainingDiverged(
+        f"the loss or its gradient is not finite at step {step} (loss {loss}, learning rate {learning_rate:.2e}): the "
+        f"run stopped before that update, so no checkpoint, best model or export holds non-finite weights. The last "
+        f"good checkpoint: {last_good}. Train again with a lower --learning-rate (or more --warmup-steps, or "
+        "--max-grad-norm clipping).", 1,
+    )  # fmt: skip
 
 
 def prepared_for_training(model, train_dataset, eval_dataset, collator, args: TrainArguments, accelerator: Accelerator):

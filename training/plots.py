@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from vaswani.configuration.files import written_atomically
+
 
 def plot_loss_curves(runs: dict[str, "TrainingState"], path: Path, title: str) -> Path:  # noqa: F821
     """Training loss (lines) and held-out loss (markers) against steps, one colour per run."""
@@ -19,5 +21,6 @@ def plot_loss_curves(runs: dict[str, "TrainingState"], path: Path, title: str) -
     axes.set(xlabel="optimiser step", ylabel="cross-entropy (nats per token)", title=title)
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.savefig(path)
+    with written_atomically(path) as temporary:  # never through a link, never half-written
+        figure.savefig(temporary, format="png")
     return path

@@ -8,29 +8,23 @@ text), then trains one translation model from scratch and one from those stacks 
 and keeps the one with the lower validation loss as the final model.
 """
 
-import fcntl
 import json
 import logging
-import os
 import shutil
-import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
 from accelerate import PartialState
+from accelerate.utils import DistributedType, set_seed
 from datasets import DatasetDict
-from accelerate.utils import DistributedType, gather_object, set_seed
 
 from vaswani.configuration.errors import InputError
-from vaswani.configuration.files import replacing_folder
-from vaswani.training.arguments import TrainArguments
+from vaswani.configuration.files import replacing_folder, write_atomically
+from vaswani.training.arguments import SCHEDULES_WITHOUT_END, TrainArguments
 from vaswani.training.batching import evaluation_loader, global_batch_description
 from vaswani.training.build import build_model, build_tokenizer, tokenizer_for_data, tokenizer_to_save
-from vaswani.training.checkpoints import TrainingState, resolve_resume
+from vaswani.training.checkpoints import TrainingState, check_not_mixed, resolve_resume, saved_run_definition
 from vaswani.training.data import (
     build_collator, load_raw_dataset, load_streaming_dataset, process_stream, stream_encoders, tokenize_blocks,
     tokenize_pairs,
@@ -40,11 +34,11 @@ from vaswani.training.evaluation import language_model_metrics, translation_metr
 from vaswani.training.export import save_for_hub
 from vaswani.training.hub import push_trained_model
 from vaswani.training.loop import save_training_summary, train
+from vaswani.training.output_folder import FINAL_MODEL, LOSS_CURVES, TRAINING_LOG, WARM_START_SUMMARY
+from vaswani.training.output_folder import locked_output_folder
 from vaswani.training.plots import plot_loss_curves
 from vaswani.training.selection import PRETRAINING_SELECTION, ModelSelection, final_weights, final_weights_description
 
-FINAL_MODEL = "model"
-LOCK_FILE = ".vaswani-train.lock"  # holds the pid and host of the run writing to the output folder
 logger = logging.getLogger(__name__)
 LANGUAGE_NAMES = {"en": "English", "es": "Spanish"}
 
@@ -68,6 +62,9 @@ def run(args: TrainArguments) -> RunResult:
 def train_evaluate_export(args: TrainArguments) -> RunResult:
     started = time.perf_counter()
     resume_from = resolve_resume(args.resume, args.output_dir)  # a bad --resume fails here, before any data is read
+    check_not_mixed(args.output_dir, resume_from)
+    if resume_from is not None:
+        check_same_run(args, resume_from)
     accelerator = build_accelerator(
         args.mixed_precision, args.gradient_accumulation_steps, args.max_tokens is not None, args.output_dir
     )
@@ -94,6 +91,23 @@ def train_evaluate_export(args: TrainArguments) -> RunResult:
         push_trained_model(result.model_dir, args.push_to_hub, result.metrics)
     accelerator.wait_for_everyone()
     return result
+
+
+def check_same_run(args: TrainArguments, checkpoint: Path) -> None:
+    """A resume continues the run it resumes, or is refused: every option that defines the run must be the same."""
+    saved = saved_run_definition(checkpoint)
+    if not saved:
+        logger.warning(f"{checkpoint} does not record the options of its run (an older version saved it): the resume "
+                       "cannot check that they are the same.")  # fmt: skip
+    if differences := args.resume_differences(saved):
+        ends = "" if args.lr_scheduler in SCHEDULES_WITHOUT_END else (
+            f" (the {args.lr_scheduler} schedule decays to 0 at --max-steps, so --max-steps is part of the run; "
+            f"with {' or '.join(SCHEDULES_WITHOUT_END)} it may change)"
+        )  # fmt: skip
+        raise InputError(
+            f"--resume {checkpoint} continues a run with other options: {'; '.join(differences)}{ends}. Resume with the "
+            "run's options, or start a new run in another --output-dir (--init-model takes exported weights)."
+        )
 
 
 def final_metrics(model, tokenizer, raw, tokenized, collator, args: TrainArguments, accelerator):
@@ -156,8 +170,8 @@ def sharded_weights(model, accelerator) -> dict | None:
 
 def export(model, tokenizer, result: RunResult, eval_split: str, weights: dict | None = None) -> None:
     args, output_dir = result.arguments, Path(result.arguments.output_dir)
-    save_training_summary(result.state, output_dir / "training_log.json")
-    plot = plot_loss_curves({args.objective: result.state}, output_dir / "loss_curves.png", f"{args.objective}: loss")
+    save_training_summary(result.state, output_dir / TRAINING_LOG)
+    plot = plot_loss_curves({args.objective: result.state}, output_dir / LOSS_CURVES, f"{args.objective}: loss")
     card = describe(args, result, eval_split)
     with replacing_folder(result.model_dir) as folder:
         save_for_hub(model, tokenizer, folder, result.metrics, args, {**card, "plot": plot}, state_dict=weights)
@@ -271,64 +285,9 @@ def compare_warm_start(args: TrainArguments) -> RunResult:
                 (("encoder-mlm", encoder), ("decoder-clm", decoder), ("from-scratch", scratch), ("warm-started", warm))
             }},
         }  # fmt: skip
-        (output_dir / "warm_start_comparison.json").write_text(json.dumps(summary, indent=2))
+        write_atomically(output_dir / WARM_START_SUMMARY, json.dumps(summary, indent=2))
         title = "Translation loss: from scratch vs warm-started"
-        plot_loss_curves({"from scratch": scratch.state, "warm-started": warm.state}, output_dir / "loss_curves.png", title)
+        plot_loss_curves({"from scratch": scratch.state, "warm-started": warm.state}, output_dir / LOSS_CURVES, title)
         push_trained_model(final.model_dir, args.push_to_hub, best.metrics)
     PartialState().wait_for_everyone()
     return final
-
-
-@contextmanager
-def locked_output_folder(folder: Path) -> Iterator[None]:
-    """Hold the output folder's lock for the block: two runs writing one folder would interleave checkpoints and
-    race on `latest`. Only the main process locks; a refusal is raised on every process."""
-    lock, problem = None, None
-    # The first PartialState fixes the process group: without GPUs it must be gloo, as in build_accelerator, or each
-    # process of a multi-process CPU run would run alone.
-    if PartialState(cpu=not torch.accelerator.is_available()).is_main_process:
-        try:
-            lock = take_lock(folder / LOCK_FILE)
-        except InputError as error:
-            problem = str(error)
-    if problems := [found for found in gather_object([problem]) if found]:
-        raise InputError(problems[0])
-    try:
-        yield
-    finally:
-        if lock is not None:
-            lock.truncate(0)  # an empty lock file is a released one; it stays, so no two runs lock two inodes
-            lock.close()  # closing releases the flock
-
-
-def take_lock(path: Path):
-    """An exclusive `flock` on `path`, which the kernel releases when the holder dies however it dies (kill -9
-    too): a lock file still naming a process whose flock is gone is stale, and is taken over with a warning."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = lock_holder(handle.read())
-        handle.close()
-        raise InputError(
-            f"{path.parent} is in use by another vaswani-train run ({holder}; lock file {path}): wait for it to "
-            "finish, or give this run another --output-dir."
-        ) from None
-    handle.seek(0)
-    if previous := handle.read().strip():
-        logger.warning(f"Taking over {path} from {lock_holder(previous)}, which ended without releasing it.")
-    handle.seek(0)
-    handle.truncate()
-    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
-    handle.flush()
-    return handle
-
-
-def lock_holder(text: str) -> str:
-    try:
-        holder = json.loads(text)
-        return f"process {holder['pid']} on {holder['host']}"
-    except (ValueError, KeyError, TypeError):
-        return "a process that left no readable pid"

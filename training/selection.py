@@ -19,8 +19,8 @@ from vaswani.training.averaging import last_checkpoints, load_average
 from vaswani.training.batching import evaluation_loader
 from vaswani.training.evaluation import translation_metrics
 from vaswani.training.loop import evaluate_loss
+from vaswani.training.output_folder import BEST
 
-BEST = "best"  # OUTPUT_DIR/best: model.safetensors and best.json (step and metrics)
 # The warm-start comparison's pretraining runs (mlm, clm) end with their last weights: BLEU, best-model and
 # averaging options are for the translation runs.
 PRETRAINING_SELECTION = {
