@@ -708,9 +708,11 @@ EXTRA_SUFFIX = st.sampled_from(["", ".txt", ".json", ".md", ".png", ".py", ".saf
 PICKLE_SUFFIX = st.sampled_from([".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".BIN", ".Pt"])
 # What a careless or hostile user leaves in a model folder: (kind, name). "link out" leads to a secret outside.
 EXTRA_ENTRY = st.one_of(
-    st.tuples(st.sampled_from(["file", "folder", "link out", "link in"]), st.builds(str.__add__, EXTRA_STEM, EXTRA_SUFFIX)),
+    st.tuples(st.sampled_from(["file", "folder", "link out", "link in"]),
+              st.builds(str.__add__, EXTRA_STEM, EXTRA_SUFFIX)),  # fmt: skip
     st.tuples(st.just("file"), st.builds(lambda stem, suffix: f".{stem}{suffix}", EXTRA_STEM, EXTRA_SUFFIX)),
 )
+LINKABLE = ["README.md", "config.json", "all_results.json", "tokenizer.json"]  # export files a link may replace
 FRESH_REPOS = (f"testuser/tiny-allow-list-{number}" for number in itertools.count())
 
 
@@ -732,7 +734,7 @@ def plant(folder: Path, kind: str, name: str, secret: Path) -> None:
 @given(
     extras=st.lists(EXTRA_ENTRY, max_size=6, unique_by=lambda entry: entry[1].lower()),
     pickle=st.one_of(st.none(), st.builds(str.__add__, EXTRA_STEM, PICKLE_SUFFIX)),
-    linked_out=st.one_of(st.none(), st.sampled_from(["README.md", "config.json", "all_results.json", "tokenizer.json"])),
+    linked_out=st.one_of(st.none(), st.sampled_from(LINKABLE)),
 )
 def test_push_publishes_exactly_the_export_and_refuses_pickles_and_links_out(hub, exports, extras, pickle, linked_out):
     export_names = sorted(path.name for path in exports["mlm"].iterdir())
