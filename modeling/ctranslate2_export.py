@@ -253,9 +253,11 @@ def export_ctranslate2(
 
 
 def resolve_model_dir(name: str | Path) -> Path:
-    """A local model folder as it is; otherwise the local snapshot of the Hub model `name`, downloaded if needed."""
+    """A local model folder as it is; otherwise the local snapshot of the Hub model `name`, downloaded if needed.
+    A folder whose weights are only pickles is refused (`refuse_pickle_weights`)."""
     path = Path(name)
     if path.is_dir():
+        refuse_pickle_weights(path)
         return path
     if path.exists():
         raise NotADirectoryError(f"{path} is a file; give the folder the model was saved to.")
@@ -263,9 +265,30 @@ def resolve_model_dir(name: str | Path) -> Path:
     from huggingface_hub.errors import HFValidationError
 
     try:
-        return Path(snapshot_download(str(name)))
+        snapshot = Path(snapshot_download(str(name)))
     except (HFValidationError, OSError) as error:  # bad id, unknown repository, offline without a cached copy
         raise FileNotFoundError(f"{name} is neither a model folder nor a model on the Hub ({error}).") from error
+    refuse_pickle_weights(snapshot)
+    return snapshot
+
+
+# transformers' and torch's pickled weights; not CTranslate2's `model.bin`, which is its own format.
+PICKLE_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+
+
+def refuse_pickle_weights(folder: Path) -> None:
+    """Raise ValueError if `folder` holds weights as pickles and none as safetensors: transformers would unpickle
+    them, which runs whatever code the file holds (and torch's refusal of a crafted one suggests turning off its
+    protection). With safetensors beside them, the pickles are never read."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted({path.name for pattern in PICKLE_WEIGHTS for path in folder.glob(pattern)})
+    if pickles:
+        raise ValueError(
+            f"{folder} holds its weights only as pickles ({', '.join(pickles)}), which vaswani does not load: "
+            "unpickling runs whatever code the file holds. Use a model saved as safetensors (save_pretrained "
+            "writes model.safetensors); convert these only where you trust their source."
+        )
 
 
 def check_output_dir(model_dir: Path, output_dir: Path, force: bool) -> None:

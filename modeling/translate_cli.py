@@ -25,10 +25,12 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import huggingface_hub.constants
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
@@ -61,7 +63,8 @@ class TransformersBackend:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.model = VaswaniForConditionalGeneration.from_pretrained(model_dir).to(self.device).eval()
+        with weights_named(model_dir):
+            self.model = VaswaniForConditionalGeneration.from_pretrained(model_dir).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model.config.check_tokenizer(self.tokenizer)
         learned = self.model.config.position_embedding_type == "learned"
@@ -84,7 +87,8 @@ class CTranslate2Backend:
         import ctranslate2
 
         model_dir = resolve_model(model)
-        ct2_dir = model_dir if is_ctranslate2_model(model_dir) else cached_conversion(model_dir)
+        with weights_named(model_dir):
+            ct2_dir = model_dir if is_ctranslate2_model(model_dir) else cached_conversion(model_dir)
         device, _, index = device.partition(":")  # CTranslate2 takes "cuda:1" as device "cuda", index 1
         try:
             self.translator = ctranslate2.Translator(
@@ -108,8 +112,20 @@ class CTranslate2Backend:
 def resolve_model(model: str) -> Path:
     try:
         return ctranslate2_export.resolve_model_dir(model)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: weights only as pickles
         raise InputError(f"--model: {error}") from error
+
+
+@contextmanager
+def weights_named(model_dir: Path) -> Iterator[None]:
+    """A weights file that safetensors cannot read (truncated, padded, not safetensors) becomes one line naming it."""
+    try:
+        yield
+    except SafetensorError as error:
+        names = sorted(path.name for path in model_dir.glob("*.safetensors"))
+        files = model_dir / names[0] if len(names) == 1 else f"{model_dir} ({', '.join(names)})"
+        raise InputError(f"--model: cannot read the weights {files}, damaged or truncated ({error}): export or "
+                         "download the model again.") from error  # fmt: skip
 
 
 def is_ctranslate2_model(folder: Path) -> bool:
@@ -163,18 +179,40 @@ def read_lines(path: str | None) -> list[str]:
     """The lines of `path` (stdin for None or "-"), without their line ends. Split on "\\n" only, as `wc -l` and
     line-aligned corpora count lines: `str.splitlines` would also split at form feeds and Unicode separators."""
     if path in (None, "-"):
-        text = sys.stdin.read()
+        stdin, path = sys.stdin, "stdin"
+        data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8", "surrogateescape")
     else:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            data = Path(path).read_bytes()
         except FileNotFoundError as error:
             raise InputError(f"--input: {path} does not exist.") from error
-        except (IsADirectoryError, UnicodeDecodeError) as error:
+        except IsADirectoryError as error:
             raise InputError(f"--input: cannot read {path} as UTF-8 text: {error}") from error
+    text = decode_utf8(data, path)
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()  # the newline that ends the last line starts no new one
     return [line.removesuffix("\r") for line in lines]
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """`data` as text, or an error naming the lines that are not UTF-8: none is translated, so that the output
+    stays line for line the input's."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        bad = [number for number, line in enumerate(data.split(b"\n"), 1) if not is_utf8(line)]
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise InputError(f"--input: cannot read {source} as UTF-8 text: line {bad[0]}{more} is not UTF-8; convert "
+                         "the text to UTF-8 (for example with iconv) and translate it again.") from None  # fmt: skip
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def length_batches(lengths: dict[int, int], max_tokens: int | None, batch_size: int | None) -> Iterator[list[int]]:

@@ -17,10 +17,10 @@ import torch
 from transformers import AutoTokenizer
 
 from conftest import write_pairs_file
-from vaswani import train_tokenizer
+from vaswani import VaswaniForMaskedLM, train_tokenizer
 from vaswani.training.__main__ import main
 from vaswani.training.arguments import InputError, TrainArguments, parse_arguments
-from vaswani.training.build import build_model, build_tokenizer
+from vaswani.training.build import build_model, build_tokenizer, load_pretrained
 from vaswani.training.data import load_raw_dataset, tokenize_pairs
 from vaswani.training.export import replacing_folder, save_for_hub
 from vaswani.training.loop import LATEST, MANIFEST, STATE_FILE, TOKENIZER, resolve_resume, write_manifest
@@ -374,3 +374,15 @@ def test_a_training_state_of_other_fields_or_types_is_refused(state, checkpoint,
     write_manifest(checkpoint)
     with pytest.raises(InputError, match=f"{STATE_FILE} cannot be read"):
         resume_from(checkpoint, pairs_file, tmp_path / "out")
+
+
+def test_a_model_folder_of_pickled_weights_is_refused_unread(tmp_path):
+    tokenizer = train_tokenizer(["a b c d"] * 10, vocab_size=270, show_progress=False)
+    folder = tmp_path / "m"
+    build_model(TrainArguments(d_model=16, layers=1, heads=2, ffn_dim=32), tokenizer).save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(CreatesAFile(tmp_path / "unpickled")))
+    message = f"--init-model {folder} holds its weights only as pickles \\(pytorch_model.bin\\), which vaswani does not"
+    with pytest.raises(InputError, match=message):
+        load_pretrained(VaswaniForMaskedLM, str(folder), "--init-model")
+    assert not (tmp_path / "unpickled").exists()
