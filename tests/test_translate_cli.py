@@ -193,8 +193,10 @@ def test_input_that_is_not_utf8_names_its_lines_and_translates_nothing(model_dir
     assert main(["--model", str(model_dir), "--num-beams", "1"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == ("vaswani-translate: error: --input: cannot read stdin as UTF-8 text: line 2 and 1 more "
-                            "is not UTF-8; convert the text to UTF-8 (for example with iconv) and translate it again.\n")
+    assert captured.err == (
+        "vaswani-translate: error: --input: cannot read stdin as UTF-8 text: line 2 and 1 more is not UTF-8; "
+        "convert the text to UTF-8 (for example with iconv) and translate it again.\n"
+    )
     source = tmp_path / "latin1.txt"
     source.write_bytes(data)
     assert main(["--model", str(model_dir), "--input", str(source)]) == 2
