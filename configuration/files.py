@@ -105,3 +105,25 @@ def safetensors_problem(path: str | Path) -> str | None:
             return None
     except (SafetensorError, OSError) as error:
         return str(error)
+
+
+# transformers' and torch's pickled weights; not CTranslate2's `model.bin`, which is its own format.
+PICKLE_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+
+
+def weights_problem(folder: str | Path) -> str | None:
+    """Why the model weights in `folder` must not or cannot be loaded, or None. Weights only as pickles are refused
+    unread: transformers would unpickle them, which runs whatever code the file holds (and torch's refusal of a
+    crafted one suggests turning off its protection); with safetensors beside them, the pickles are never read. A
+    safetensors file that `safetensors_problem` finds damaged is named."""
+    folder = Path(folder)
+    safetensors = sorted(folder.glob("*.safetensors"))
+    pickles = sorted({path.name for pattern in PICKLE_WEIGHTS for path in folder.glob(pattern)})
+    if pickles and not safetensors:
+        return (f"{folder} holds its weights only as pickles ({', '.join(pickles)}), which vaswani does not load: "
+                "unpickling runs whatever code the file holds. Use a model saved as safetensors (save_pretrained "
+                "writes model.safetensors); convert these only where you trust their source.")  # fmt: skip
+    for file in safetensors:
+        if (problem := safetensors_problem(file)) is not None:
+            return f"cannot read the weights {file}, damaged or truncated ({problem}): export or download it again."
+    return None

@@ -40,6 +40,7 @@ from torch import nn
 from transformers import AutoConfig
 
 from vaswani.configuration import VaswaniConfig
+from vaswani.configuration.files import weights_problem
 from vaswani.modeling.modeling_vaswani import (
     VaswaniForCausalLM,
     VaswaniForConditionalGeneration,
@@ -253,19 +254,27 @@ def export_ctranslate2(
 
 
 def resolve_model_dir(name: str | Path) -> Path:
-    """A local model folder as it is; otherwise the local snapshot of the Hub model `name`, downloaded if needed."""
+    """A local model folder as it is; otherwise the local snapshot of the Hub model `name`, downloaded if needed.
+    A folder whose weights are only pickles, or damaged, is refused (`weights_problem`)."""
     path = Path(name)
     if path.is_dir():
-        return path
+        return checked_weights(path)
     if path.exists():
         raise NotADirectoryError(f"{path} is a file; give the folder the model was saved to.")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 
     try:
-        return Path(snapshot_download(str(name)))
+        snapshot = Path(snapshot_download(str(name)))
     except (HFValidationError, OSError) as error:  # bad id, unknown repository, offline without a cached copy
         raise FileNotFoundError(f"{name} is neither a model folder nor a model on the Hub ({error}).") from error
+    return checked_weights(snapshot)
+
+
+def checked_weights(folder: Path) -> Path:
+    if (problem := weights_problem(folder)) is not None:
+        raise ValueError(problem)
+    return folder
 
 
 def check_output_dir(model_dir: Path, output_dir: Path, force: bool) -> None:

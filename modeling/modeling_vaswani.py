@@ -129,17 +129,41 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str) -> None
         )
 
 
+def check_tensor_kind(tensor, name: str, dims: int, integer: bool) -> None:
+    """Ids are a (batch, positions) tensor of integers, embeddings a (batch, positions, d_model) one of floats:
+    anything else (a list, floats or booleans as ids, a missing batch dimension) would fail deep inside torch."""
+    if not torch.is_tensor(tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, not {type(tensor).__name__}: call the tokenizer with "
+                        "return_tensors='pt'.")  # fmt: skip
+    if integer and tensor.dtype not in (torch.long, torch.int):
+        raise ValueError(f"{name} has dtype {tensor.dtype} but token ids are integers (torch.long): pass the "
+                         "tokenizer's ids, or embeddings as inputs_embeds.")  # fmt: skip
+    if not integer and not tensor.is_floating_point():
+        raise ValueError(f"{name} has dtype {tensor.dtype} but embeddings are floats: pass token ids as input_ids.")
+    if tensor.dim() != dims:
+        layout = "(batch, positions)" if dims == 2 else "(batch, positions, d_model)"
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)} but must be {dims}-D {layout}: for one sequence, "
+                         "add the batch dimension with .unsqueeze(0).")  # fmt: skip
+
+
 def check_inputs(input_ids, inputs_embeds, attention_mask, vocab_size: int, name: str, past_length=0) -> None:
-    """Empty inputs, masks of another shape and ids outside the vocabulary fail here, named, not deep inside.
+    """Inputs of the wrong kind, empty inputs, masks of another shape and ids outside the vocabulary fail here,
+    named, not deep inside.
 
     The vocabulary check reads the ids back to the host, so it runs where inputs enter, not on decoding steps
     (`past_length` above 0, or a static cache's device tensor), whose ids the model generated itself: a
     device-to-host copy per generated token would stall a GPU's queue.
     """
+    if input_ids is not None:
+        check_tensor_kind(input_ids, name, dims=2, integer=True)
+    else:
+        check_tensor_kind(inputs_embeds, name.replace("input_ids", "inputs_embeds"), dims=3, integer=False)
     tokens = input_ids if input_ids is not None else inputs_embeds
     batch_size, length = tokens.shape[:2]
-    if length == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(tokens.shape)}): pass at least one token per row.")
+    if batch_size == 0 or length == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(tokens.shape)}): pass at least one row of one token.")
+    if attention_mask is not None and not torch.is_tensor(attention_mask):
+        raise TypeError(f"The attention mask of {name} must be a torch.Tensor, not {type(attention_mask).__name__}.")
     if attention_mask is not None and not fits_inputs(attention_mask, batch_size, past_length, length):
         cached = f" ({past_length} cached + {length} new)" if past_length else ""
         raise ValueError(
@@ -430,9 +454,17 @@ class VaswaniPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VaswaniSinusoidalPositions):
             init.copy_(module.table, module.sinusoids(*module.table.shape))
 
-    def check_labels(self, labels: torch.Tensor | None) -> None:
-        if labels is not None:
-            check_token_ids(labels.masked_fill(labels == -100, 0), self.config.vocab_size, "labels")
+    def check_labels(self, labels, name: str = "labels", input_ids=None, inputs_embeds=None) -> None:
+        """Token labels are a 2-D integer tensor of ids in the vocabulary or -100, aligned with the inputs if given."""
+        if labels is None:
+            return
+        check_tensor_kind(labels, name, dims=2, integer=True)
+        if labels.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(labels.shape)}): pass at least one row of one token.")
+        inputs, inputs_name = (input_ids, "input_ids") if input_ids is not None else (inputs_embeds, "inputs_embeds")
+        if torch.is_tensor(inputs) and labels.shape != inputs.shape[:2]:
+            raise ValueError(f"{name} have shape {tuple(labels.shape)} but {inputs_name} {tuple(inputs.shape[:2])}.")
+        check_token_ids(labels.masked_fill(labels == -100, 0), self.config.vocab_size, name)
 
 
 def view_config(config: VaswaniConfig, is_encoder_decoder: bool, is_decoder: bool) -> VaswaniConfig:
@@ -560,7 +592,6 @@ class VaswaniDecoder(VaswaniStack):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds to the decoder.")
         tokens = input_ids if input_ids is not None else inputs_embeds
-        self.check_encoder_states(encoder_hidden_states, encoder_attention_mask, tokens.shape[0])
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if use_cache and cache is None:
             cache = self.new_cache()
@@ -568,6 +599,7 @@ class VaswaniDecoder(VaswaniStack):
         past_length = self_cache.get_seq_length() if self_cache is not None else 0
         name = "decoder_input_ids" if self.config.is_encoder_decoder else "input_ids"
         check_inputs(input_ids, inputs_embeds, attention_mask, self.config.vocab_size, name, past_length)
+        self.check_encoder_states(encoder_hidden_states, encoder_attention_mask, tokens.shape[0])
         length = tokens.shape[1]
         position_ids = self.positions(attention_mask, position_ids, self_cache, length, tokens.device)
         inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, position_ids)
@@ -819,7 +851,7 @@ class VaswaniForMaskedLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel):
         skip_logits=None, **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:  # fmt: skip
         """`labels`: the original ids at the masked positions and -100 elsewhere."""
-        self.check_labels(labels)
+        self.check_labels(labels, input_ids=input_ids, inputs_embeds=inputs_embeds)
         outputs = self.model.encoder(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
@@ -848,10 +880,8 @@ class VaswaniForCausalLM(VaswaniLMHeadMixin, VaswaniPreTrainedModel, GenerationM
         """`labels` align with `input_ids` (usually equal to them); the head shifts them to predict the next token.
         `shift_labels`, targets shifted already (context-parallel training shifts before it shards the sequence,
         as transformers' `ForCausalLMLoss` expects), replace `labels` when given."""
-        for targets in (labels, shift_labels):
-            self.check_labels(targets)
-        if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
-            raise ValueError(f"labels have shape {tuple(labels.shape)} but input_ids {tuple(input_ids.shape)}.")
+        self.check_labels(labels, input_ids=input_ids, inputs_embeds=inputs_embeds)
+        self.check_labels(shift_labels, "shift_labels")
         outputs = self.model.decoder(
             input_ids=input_ids, attention_mask=attention_mask, cache=cache, inputs_embeds=inputs_embeds,
             position_ids=position_ids, use_cache=use_cache, **kwargs,

@@ -105,7 +105,7 @@ class CTranslate2Backend:
 def resolve_model(model: str) -> Path:
     try:
         return ctranslate2_export.resolve_model_dir(model)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: weights only as pickles, or damaged
         raise InputError(f"--model: {error}") from error
 
 
@@ -160,18 +160,40 @@ def read_lines(path: str | None) -> list[str]:
     """The lines of `path` (stdin for None or "-"), without their line ends. Split on "\\n" only, as `wc -l` and
     line-aligned corpora count lines: `str.splitlines` would also split at form feeds and Unicode separators."""
     if path in (None, "-"):
-        text = sys.stdin.read()
+        stdin, path = sys.stdin, "stdin"
+        data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8", "surrogateescape")
     else:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            data = Path(path).read_bytes()
         except FileNotFoundError as error:
             raise InputError(f"--input: {path} does not exist.") from error
-        except (IsADirectoryError, UnicodeDecodeError) as error:
+        except IsADirectoryError as error:
             raise InputError(f"--input: cannot read {path} as UTF-8 text: {error}") from error
+    text = decode_utf8(data, path)
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()  # the newline that ends the last line starts no new one
     return [line.removesuffix("\r") for line in lines]
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """`data` as text, or an error naming the lines that are not UTF-8: none is translated, so that the output
+    stays line for line the input's."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        bad = [number for number, line in enumerate(data.split(b"\n"), 1) if not is_utf8(line)]
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise InputError(f"--input: cannot read {source} as UTF-8 text: line {bad[0]}{more} is not UTF-8; convert "
+                         "the text to UTF-8 (for example with iconv) and translate it again.") from None  # fmt: skip
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def length_batches(lengths: dict[int, int], max_tokens: int | None, batch_size: int | None) -> list[list[int]]:

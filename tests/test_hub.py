@@ -12,12 +12,17 @@ Each runs a batch of checks from a JSON spec and prints one JSON object; the tes
 The three run side by side (most of their time goes into importing torch and transformers).
 """
 
+import contextlib
+import io
+import itertools
 import json
 import re
 import shutil
 import socket
+import string
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -26,6 +31,8 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard, constants
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from conftest import tiny_kwargs
@@ -40,7 +47,7 @@ from vaswani import (
     train_tokenizer,
 )
 from vaswani.training.export import save_for_hub
-from vaswani.training.hub import NotAnExportError, main, push_folder, push_trained_model
+from vaswani.training.hub import NotAnExportError, main, plan_publication, push_folder, push_trained_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")  # httpx2
 TOKEN = "hf_loopback_token"
@@ -678,3 +685,102 @@ def test_vaswani_push_errors_are_one_line(case, options, message, exports, refus
     assert printed.out == ""
     assert printed.err.count("\n") == 1 and printed.err.startswith("vaswani-push: error: "), printed.err
     assert re.search(message, printed.err), printed.err
+
+
+# ------------------------------------------------------------------------------------------------ only the export goes
+
+
+def test_everything_an_export_writes_is_published(exports, models, tokenizer, tmp_path):
+    """The allow-list holds every file save_for_hub writes: every head, shards, a plot and the training arguments."""
+    plot = tmp_path / "loss_curves.png"
+    plot.write_bytes(b"\x89PNG not really")
+    full = save_for_hub(models["seq2seq"], tokenizer, tmp_path / "full", {"bleu": 1.5}, {"learning_rate": 0.1},
+                        card={"plot": plot}, max_shard_size="50KB")  # fmt: skip
+    assert {"loss_curves.png", "training_args.json", INDEX} <= {path.name for path in full.iterdir()}
+    for folder in [*exports.values(), full]:
+        publication = plan_publication(folder)
+        assert publication.files == sorted(path.name for path in folder.iterdir()) and publication.skipped == {}
+
+
+EXTRA_STEM = st.text(string.ascii_letters + string.digits + "_-", min_size=1, max_size=10)
+EXTRA_SUFFIX = st.sampled_from(["", ".txt", ".json", ".md", ".png", ".py", ".safetensors", ".jinja"])
+PICKLE_SUFFIX = st.sampled_from([".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".BIN", ".Pt"])
+# What a careless or hostile user leaves in a model folder: (kind, name). "link out" leads to a secret outside.
+EXTRA_ENTRY = st.one_of(
+    st.tuples(st.sampled_from(["file", "folder", "link out", "link in"]),
+              st.builds(str.__add__, EXTRA_STEM, EXTRA_SUFFIX)),  # fmt: skip
+    st.tuples(st.just("file"), st.builds(lambda stem, suffix: f".{stem}{suffix}", EXTRA_STEM, EXTRA_SUFFIX)),
+)
+LINKABLE = ["README.md", "config.json", "all_results.json", "tokenizer.json"]  # export files a link may replace
+FRESH_REPOS = (f"testuser/tiny-allow-list-{number}" for number in itertools.count())
+
+
+def plant(folder: Path, kind: str, name: str, secret: Path) -> None:
+    path = folder / name
+    if kind in ("file", "pickle"):
+        path.write_bytes(b"\x80\x04K\x01." if kind == "pickle" else b"HF_TOKEN=hf_secret\n")
+    elif kind == "folder":  # a stray checkpoint: export-named files and a pickle, none of which may go
+        path.mkdir()
+        for inner in ("config.json", "model.safetensors", "optimizer.bin"):
+            (path / inner).write_bytes((folder / inner).read_bytes() if (folder / inner).exists() else b"x")
+    elif kind == "link out":
+        path.symlink_to(secret)
+    elif kind == "link in":
+        path.symlink_to("config.json")
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    extras=st.lists(EXTRA_ENTRY, max_size=6, unique_by=lambda entry: entry[1].lower()),
+    pickle=st.one_of(st.none(), st.builds(str.__add__, EXTRA_STEM, PICKLE_SUFFIX)),
+    linked_out=st.one_of(st.none(), st.sampled_from(LINKABLE)),
+)
+def test_push_publishes_exactly_the_export_and_refuses_pickles_and_links_out(hub, exports, extras, pickle, linked_out):
+    export_names = sorted(path.name for path in exports["mlm"].iterdir())
+    extras = [(kind, name) for kind, name in extras if name not in export_names and name != pickle]
+    with tempfile.TemporaryDirectory() as root:
+        secret = Path(root, "secret.env")
+        secret.write_text("HF_TOKEN=hf_secret\n")
+        folder = shutil.copytree(exports["mlm"], Path(root, "model"))
+        for kind, name in extras + ([("pickle", pickle)] if pickle else []):
+            plant(folder, kind, name, secret)
+        if linked_out:  # an export file replaced by a link to a file outside
+            shutil.copyfile(folder / linked_out, secret)
+            (folder / linked_out).unlink()
+            (folder / linked_out).symlink_to(secret)
+        repo_id, stderr = next(FRESH_REPOS), io.StringIO()
+        hub.clear_requests()
+        if pickle or linked_out:
+            expected = f"holds pickle files, which run code when loaded .*: {re.escape(pickle)}\\." if pickle else (
+                f"{re.escape(linked_out)} is a link to .*, outside the folder")
+            with pytest.raises(NotAnExportError, match=expected):
+                push(hub, folder, repo_id)
+            assert hub.requests == []
+            return
+        with contextlib.redirect_stderr(stderr):
+            push(hub, folder, repo_id)
+    assert sorted(api(hub).list_repo_files(repo_id)) == sorted([".gitattributes", *export_names])
+    named = [f"{name}/ (a folder)" if kind == "folder" else name for kind, name in extras]
+    notes = [line for line in stderr.getvalue().splitlines() if line.startswith("Not uploaded")]  # not progress bars
+    assert len(notes) == (1 if extras else 0) and all(entry in notes[0] for entry in named)
+
+
+def test_dry_run_lists_what_would_go_and_asks_the_hub_nothing(hub, exports, monkeypatch, capsys, tmp_path):
+    folder = shutil.copytree(exports["seq2seq"], tmp_path / "model")
+    (folder / ".env").write_text("HF_TOKEN=hf_secret\n")
+    (folder / "checkpoints").mkdir()
+    (folder / "notes.txt").write_text("to do\n")
+    card = (folder / "README.md").read_text()
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    hub.clear_requests()
+    assert main([str(folder), "testuser/tiny-dry-run", "--dry-run"]) == 0
+    printed = capsys.readouterr()
+    published = ", ".join(sorted(path.name for path in exports["seq2seq"].iterdir()))
+    assert printed.out == (
+        f"Would upload {len(list(exports['seq2seq'].iterdir()))} files of {folder} to testuser/tiny-dry-run: "
+        f"{published}\nWould skip 3: .env (hidden), checkpoints/ (a folder), notes.txt (not a file an export writes)\n"
+    )
+    assert printed.err == "" and hub.requests == [] and (folder / "README.md").read_text() == card
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
+    assert main([str(folder), "testuser/tiny-dry-run", "--dry-run"]) == 1  # refused as a real push would be
+    assert "pytorch_model.bin" in capsys.readouterr().err and hub.requests == []

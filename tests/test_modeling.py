@@ -1,11 +1,15 @@
 """Behaviour of the model family: shapes, masks, caches, the views' shared parameters, save/load, options, errors."""
 
+import functools
 import os
+import re
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import (
@@ -678,6 +682,66 @@ def test_ids_outside_the_vocabulary_are_named():
         model(torch.tensor([[5, 6]]), labels=torch.tensor([[7, 100]]))
 
 
+# Token-id arguments of the wrong kind: (kind, dtype or shape). Valid ids are a 2-D torch.long or torch.int tensor.
+NOT_INTEGER_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.complex64, torch.bool,
+                      torch.int8, torch.int16, torch.uint8]  # fmt: skip
+WRONG_KIND_OF_IDS = st.one_of(
+    st.tuples(st.just("dtype"), st.sampled_from(NOT_INTEGER_DTYPES)),
+    st.tuples(st.just("shape"), st.lists(st.integers(1, 3), max_size=4).filter(lambda shape: len(shape) != 2)),
+    st.tuples(st.just("shape"), st.sampled_from([[0, 3], [2, 0], [0, 0], [0], [2, 0, 3]])),  # empty
+    st.tuples(st.just("list"), st.just([[5, 6, 7], [8, 9, 10]])),
+)
+ID_ARGUMENTS = {  # argument -> the models that take it
+    "input_ids": [*ALL_HEADS, VaswaniModel],
+    "decoder_input_ids": [VaswaniForConditionalGeneration, VaswaniModel],
+    "labels": [VaswaniForConditionalGeneration, VaswaniForMaskedLM, VaswaniForCausalLM],
+}
+
+
+def wrong_ids(kind: str, detail):
+    if kind == "dtype":
+        return random_ids(2, 3).to(detail)
+    if kind == "shape":
+        return torch.randint(5, 99, detail)
+    return detail
+
+
+@functools.cache
+def cached_model(model_class):
+    return eval_model(model_class)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    argument_and_model=st.sampled_from([(argument, model_class) for argument, classes in ID_ARGUMENTS.items()
+                                        for model_class in classes]),  # fmt: skip
+    wrong=WRONG_KIND_OF_IDS,
+)
+def test_ids_of_the_wrong_kind_are_refused_with_the_argument_named(argument_and_model, wrong):
+    """Floats, booleans, small integer types, missing or extra dimensions, empty tensors and lists as token ids
+    fail in the model's own check, naming the argument: never a torch error from deep inside."""
+    argument, model_class = argument_and_model
+    inputs = model_inputs(model_class)
+    inputs.pop("attention_mask")  # its shape follows the ids
+    inputs[argument] = wrong_ids(*wrong)
+    with pytest.raises((ValueError, TypeError)) as error:
+        cached_model(model_class)(**inputs)
+    assert re.match(rf"{argument} (has dtype|has shape|have shape|is empty|must be a torch.Tensor)", str(error.value))
+
+
+@pytest.mark.parametrize(
+    "inputs, error, message",
+    [
+        ({"inputs_embeds": random_ids(2, 5)}, ValueError, "inputs_embeds has dtype torch.int64 but embeddings are floats"),
+        ({"inputs_embeds": torch.zeros(5, 32)}, ValueError, "inputs_embeds has shape \\(5, 32\\) but must be 3-D"),
+        ({"input_ids": random_ids(2, 5), "attention_mask": [[1] * 5] * 2}, TypeError, "attention mask of input_ids must be a torch.Tensor, not list"),
+    ],
+)  # fmt: skip
+def test_embeddings_and_masks_of_the_wrong_kind_are_named(inputs, error, message):
+    with pytest.raises(error, match=message):
+        cached_model(VaswaniForMaskedLM)(**inputs)
+
+
 def test_seq2seq_needs_decoder_inputs_or_labels():
     with pytest.raises(ValueError, match="needs decoder_input_ids \\(or labels"):
         eval_model(VaswaniForConditionalGeneration)(random_ids(1, 5))
@@ -702,6 +766,9 @@ def test_seq2seq_needs_decoder_inputs_or_labels():
         (VaswaniForConditionalGeneration, {"input_ids": random_ids(2, 5), "decoder_input_ids": random_ids(3, 4)}, "decoder input has batch size 3 but the encoder output has 2"),
         (VaswaniForConditionalGeneration, {"input_ids": random_ids(2, 5), "decoder_input_ids": random_ids(2, 4), "labels": random_ids(3, 4)}, "labels has batch size 3"),
         (VaswaniForCausalLM, {"input_ids": random_ids(2, 5), "labels": random_ids(2, 4)}, "labels have shape \\(2, 4\\) but input_ids \\(2, 5\\)"),
+        (VaswaniForCausalLM, {"inputs_embeds": torch.zeros(2, 5, 32), "labels": random_ids(2, 4)}, "labels have shape \\(2, 4\\) but inputs_embeds \\(2, 5\\)"),
+        (VaswaniForMaskedLM, {"input_ids": random_ids(2, 5), "labels": random_ids(2, 4)}, "labels have shape \\(2, 4\\) but input_ids \\(2, 5\\)"),
+        (VaswaniForMaskedLM, {"input_ids": random_ids(2, 5), "labels": random_ids(3, 5)}, "labels have shape \\(3, 5\\) but input_ids \\(2, 5\\)"),
         (VaswaniForMaskedLM, {"input_ids": random_ids(2, 5), "inputs_embeds": torch.zeros(2, 5, 32)}, "exactly one of input_ids and inputs_embeds"),
     ],
 )  # fmt: skip

@@ -17,12 +17,12 @@ import torch
 from transformers import AutoTokenizer
 
 from conftest import write_pairs_file
-from vaswani import train_tokenizer
+from vaswani import VaswaniForMaskedLM, train_tokenizer
 from vaswani.training.__main__ import main
 from vaswani.configuration.errors import InputError
 from vaswani.configuration.files import replacing_folder
 from vaswani.training.arguments import TrainArguments, parse_arguments
-from vaswani.training.build import build_model, build_tokenizer
+from vaswani.training.build import build_model, build_tokenizer, load_pretrained
 from vaswani.training.data import load_raw_dataset, tokenize_pairs
 from vaswani.training.export import save_for_hub
 from vaswani.training.checkpoints import LATEST, MANIFEST, STATE_FILE, TOKENIZER, resolve_resume, write_manifest
@@ -160,7 +160,7 @@ def test_damaged_model_and_tokenizer_folders_are_named(finished_run, pairs_file,
     weights = model_dir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     argv = [*TINY_RUN, "--dataset", str(pairs_file), "--output-dir", str(tmp_path / "out"), "--max-steps", "1"]
-    with pytest.raises(InputError, match=f"{weights} is damaged or truncated"):
+    with pytest.raises(InputError, match=f"cannot read the weights {weights}, damaged or truncated"):
         run(parse_arguments([*argv, "--init-model", str(model_dir)]))
     (model_dir / "config.json").unlink()
     with pytest.raises(InputError, match=f"--init-model {model_dir} has no config.json"):
@@ -376,3 +376,15 @@ def test_a_training_state_of_other_fields_or_types_is_refused(state, checkpoint,
     write_manifest(checkpoint)
     with pytest.raises(InputError, match=f"{STATE_FILE} cannot be read"):
         resume_from(checkpoint, pairs_file, tmp_path / "out")
+
+
+def test_a_model_folder_of_pickled_weights_is_refused_unread(tmp_path):
+    tokenizer = train_tokenizer(["a b c d"] * 10, vocab_size=270, show_progress=False)
+    folder = tmp_path / "m"
+    build_model(TrainArguments(d_model=16, layers=1, heads=2, ffn_dim=32), tokenizer).save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(CreatesAFile(tmp_path / "unpickled")))
+    message = f"--init-model {folder} holds its weights only as pickles \\(pytorch_model.bin\\), which vaswani does not"
+    with pytest.raises(InputError, match=message):
+        load_pretrained(VaswaniForMaskedLM, str(folder), "--init-model")
+    assert not (tmp_path / "unpickled").exists()

@@ -6,6 +6,7 @@ Fixtures: the first articles of the UDHR in six languages (tests/fixtures/udhr, 
 
 import gzip
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from transformers import (
 from transformers.models.bart.modeling_bart import shift_tokens_right
 
 from vaswani.configuration import VaswaniConfig
-from vaswani.tokenization import causal_lm_tokenizer, train_tokenizer
+from vaswani.tokenization import causal_lm_tokenizer, tokenization_vaswani, train_tokenizer
 from vaswani.tokenization.cli import main as cli_main
 
 
@@ -417,6 +418,65 @@ def test_vocabulary_too_small_for_the_characters_is_an_error(all_lines, model):
     # The six scripts hold over 800 distinct characters; each needs an entry in these models.
     with pytest.raises(ValueError, match=f"vocab_size=300 is too small for model='{model}'"):
         train_tokenizer(all_lines, vocab_size=300, model=model, show_progress=False)
+
+
+# Input size bounded where training cost explodes
+
+LONG_LINE_TRAINING = r"""
+import importlib.util, random, string, sys
+spec = importlib.util.spec_from_file_location("tokenization_vaswani", sys.argv[1])  # as the Hub copy: no vaswani
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+random.seed(0)
+line = "".join(random.choices(string.ascii_letters + string.digits, k=1_000_000))  # 1 MB, no whitespace
+tokenizer = module.train_tokenizer([line, "a few words"], vocab_size=1000, show_progress=False)
+ids = tokenizer(line, add_special_tokens=False)["input_ids"]
+assert tokenizer.decode(ids) == line
+print(len(ids))
+"""
+
+
+@pytest.mark.slow  # seconds (hours without the bound on word length), in its own process so that a hang times out
+def test_one_megabyte_line_without_whitespace_trains_in_seconds(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", LONG_LINE_TRAINING, tokenization_vaswani.__file__],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "texts holds words of more than 1000 characters without whitespace: training cut them" in result.stderr
+    assert 0 < int(result.stdout) < 1_000_000  # merges were learned, and the whole line round-trips
+
+
+@pytest.mark.parametrize("model", ["bpe", "wordpiece", "unigram"])
+def test_word_length_bound_gives_the_trainers_the_words_of_real_text_unchanged(model, all_lines, monkeypatch):
+    """The bound acts through the pre-tokenizer only, so the trainers count the same words (WordPiece and Unigram
+    training is not deterministic, so their vocabularies cannot be compared from run to run)."""
+    pre_tokenizer = tokenization_vaswani.BACKENDS[model]().pre_tokenizer
+
+    def words(splitter) -> list:
+        return [splitter.pre_tokenize_str(text) for text in [*all_lines, *UNSEEN_TEXTS]]
+
+    assert words(tokenization_vaswani.bounded_words(pre_tokenizer)) == words(pre_tokenizer)
+    monkeypatch.setattr(tokenization_vaswani, "MAX_TRAINING_WORD_LENGTH", 3)  # the comparison can fail: a tiny bound
+    assert words(tokenization_vaswani.bounded_words(pre_tokenizer)) != words(pre_tokenizer)
+
+
+def test_word_length_bound_leaves_a_trained_bpe_unchanged(tokenizer, all_lines, monkeypatch):
+    monkeypatch.setattr(tokenization_vaswani, "bounded_words", lambda pre_tokenizer: pre_tokenizer)
+    unbounded = train_tokenizer(all_lines, vocab_size=1000, show_progress=False)
+    assert tokenizer.backend_tokenizer.to_str() == unbounded.backend_tokenizer.to_str()  # vocabulary, merges, pipeline
+    assert tokenizer(all_lines)["input_ids"] == unbounded(all_lines)["input_ids"]
+
+
+def test_only_text_with_a_word_over_the_bound_is_warned_about(all_lines, caplog):
+    with caplog.at_level(logging.WARNING, logger=tokenization_vaswani.__name__):
+        train_tokenizer(all_lines, vocab_size=300, show_progress=False)
+        assert "without whitespace" not in caplog.text
+        train_tokenizer([*all_lines, "x" * 1001 + " y"], vocab_size=300, show_progress=False)
+    assert "words of more than 1000 characters without whitespace: training cut them into pieces of 1000" in caplog.text
 
 
 # Command line

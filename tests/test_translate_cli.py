@@ -1,7 +1,10 @@
 """`vaswani-translate`: input order and line structure survive batching, long lines, both backends, and errors."""
 
 import io
+import pickle
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -149,6 +152,55 @@ def test_errors_are_one_clear_line(model_dir, tokenizer, tmp_path, capsys, backe
     assert code == 2 and "needs a Vaswani seq2seq model" in capsys.readouterr().err
     code, _ = run(tmp_path, SENTENCES, "--model", str(model_dir), "--backend", backend, "--output", "/no/such/dir/out")
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+class CreatesAFile:
+    """Unpickling this object creates `path`: the test of whether a loader unpickles anything."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize("backend", ["transformers", "ctranslate2"])
+@pytest.mark.parametrize("how", ["truncated", "padded", "not safetensors", "crafted pickle only"])
+def test_damaged_or_pickled_weights_are_one_line_naming_the_file(how, backend, model_dir, tmp_path, capsys):
+    pytest.importorskip("ctranslate2")
+    folder = Path(shutil.copytree(model_dir, tmp_path / "damaged"))
+    weights = folder / "model.safetensors"
+    data, unpickled = weights.read_bytes(), tmp_path / "unpickled"
+    if how == "crafted pickle only":
+        weights.unlink()
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps(CreatesAFile(unpickled)))
+    else:
+        weights.write_bytes({"truncated": data[:-100], "padded": data + b"\0" * 8, "not safetensors": b"{}" * 50}[how])
+    code, translations = run(tmp_path, SENTENCES, "--model", str(folder), "--backend", backend)
+    printed = capsys.readouterr().err
+    error = printed.splitlines()[-1]  # after "Converting ..." for CTranslate2
+    assert code == 2 and translations == [] and "Traceback" not in printed and error.startswith("vaswani-translate:")
+    if how == "crafted pickle only":
+        assert f"{folder} holds its weights only as pickles (pytorch_model.bin), which vaswani does not load" in error
+        assert "weights_only" not in error and not unpickled.exists()
+    else:
+        assert f"vaswani-translate: error: --model: cannot read the weights {weights}, damaged or truncated" in error
+
+
+def test_input_that_is_not_utf8_names_its_lines_and_translates_nothing(model_dir, tmp_path, monkeypatch, capsys):
+    data = "Jesus wept.\n".encode() + b"caf\xe9\nAmen.\n\xff\xfe\n"  # lines 2 and 4: Latin-1 and UTF-16 bytes
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="surrogateescape"))
+    assert main(["--model", str(model_dir), "--num-beams", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "vaswani-translate: error: --input: cannot read stdin as UTF-8 text: line 2 and 1 more is not UTF-8; "
+        "convert the text to UTF-8 (for example with iconv) and translate it again.\n"
+    )
+    source = tmp_path / "latin1.txt"
+    source.write_bytes(data)
+    assert main(["--model", str(model_dir), "--input", str(source)]) == 2
+    assert f"cannot read {source} as UTF-8 text: line 2 and 1 more is not UTF-8" in capsys.readouterr().err
 
 
 def test_without_ctranslate2_the_backend_says_what_to_install(model_dir, tmp_path, monkeypatch, capsys):

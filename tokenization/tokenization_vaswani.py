@@ -44,7 +44,7 @@ import logging
 from collections.abc import Iterable, Iterator
 
 import datasets
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 
@@ -61,6 +61,11 @@ SPECIAL_TOKENS = {
 MODELS = ("bpe", "wordpiece", "unigram")
 BYTE_LEVEL_ALPHABET_SIZE = len(pre_tokenizers.ByteLevel.alphabet())
 TEXT_BATCH_SIZE = 1000
+# The longest word (pre-tokenizer piece: characters, or bytes for byte-level BPE) the trainers see; longer ones are
+# cut into pieces this long. BPE's merges take time quadratic in a word's length (one 1 MB line without whitespace
+# trained for hours) and Unigram's can crash on such a word. Words of real text, CJK clauses included, are far
+# shorter, so they train exactly as without the bound; encoding is not bounded and keeps long words whole.
+MAX_TRAINING_WORD_LENGTH = 1000
 
 
 def special_added_tokens() -> dict[str, AddedToken]:
@@ -171,20 +176,36 @@ def text_batches(texts, text_column: str) -> tuple[Iterator[list[str]], int | No
 
 
 class TextPresence:
-    """Passes batches through and records whether any of them held a non-empty string."""
+    """Passes batches through and records whether any of them held a non-empty string, and whether any held a run
+    of more than MAX_TRAINING_WORD_LENGTH characters without whitespace."""
 
     def __init__(self, batches: Iterator[list[str]]):
         self.batches = batches
         self.found_text = False
+        self.found_long_word = False
 
     def __iter__(self) -> Iterator[list[str]]:
         for batch in self.batches:
             # `any` stops at the first non-empty string, so this costs nothing once text has been seen.
             self.found_text = self.found_text or any(batch)
+            self.found_long_word = self.found_long_word or any(holds_long_word(text) for text in batch if text)
             yield batch
 
 
+def holds_long_word(text: str) -> bool:
+    # Only the rare string longer than the bound is split into words.
+    return len(text) > MAX_TRAINING_WORD_LENGTH and max(map(len, text.split())) > MAX_TRAINING_WORD_LENGTH
+
+
+def bounded_words(pre_tokenizer: pre_tokenizers.PreTokenizer) -> pre_tokenizers.PreTokenizer:
+    """`pre_tokenizer`, then each word longer than MAX_TRAINING_WORD_LENGTH cut into pieces at most that long."""
+    cut = pre_tokenizers.Split(Regex(rf"[\s\S]{{1,{MAX_TRAINING_WORD_LENGTH}}}"), behavior="isolated")
+    return pre_tokenizers.Sequence([pre_tokenizer, cut])
+
+
 def train_backend(backend: Tokenizer, trainer: trainers.Trainer, batches: TextPresence, length: int | None, model: str):
+    pre_tokenizer = backend.pre_tokenizer
+    backend.pre_tokenizer = bounded_words(pre_tokenizer)  # for training only: the saved tokenizer is unchanged
     try:
         backend.train_from_iterator(batches, trainer=trainer, length=length)
     except Exception as error:
@@ -196,8 +217,17 @@ def train_backend(backend: Tokenizer, trainer: trainers.Trainer, batches: TextPr
                 f"whose alphabet is {BYTE_LEVEL_ALPHABET_SIZE} bytes whatever the text."
             ) from error
         raise
+    finally:
+        backend.pre_tokenizer = pre_tokenizer
     if not batches.found_text:
         raise ValueError("texts holds no text (no non-empty string): there is nothing to train a tokenizer on.")
+    if batches.found_long_word:
+        logger.warning(
+            "texts holds words of more than %d characters without whitespace: training cut them into pieces of %d "
+            "(training time grows with the square of a word's length); encoding keeps them whole.",
+            MAX_TRAINING_WORD_LENGTH,
+            MAX_TRAINING_WORD_LENGTH,
+        )
 
 
 def check_trained_vocab_size(backend: Tokenizer, model: str, vocab_size: int) -> None:
@@ -257,6 +287,9 @@ def train_tokenizer(
 
     Returns:
         The encoder / seq2seq tokenizer (template `A </s>`); `causal_lm_tokenizer` derives the causal-LM one.
+
+    Words longer than MAX_TRAINING_WORD_LENGTH (1000) characters, such as a long line without whitespace, are cut
+    into pieces that long for training, with a warning, so that training time stays linear in the text's size.
     """
     check_training_arguments(texts, model, vocab_size)
     batches, length = text_batches(texts, text_column)

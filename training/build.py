@@ -9,7 +9,7 @@ from vaswani.configuration import VaswaniConfig
 from vaswani.modeling import VaswaniForCausalLM, VaswaniForConditionalGeneration, VaswaniForMaskedLM
 from vaswani.tokenization import causal_lm_tokenizer, train_tokenizer
 from vaswani.configuration.errors import InputError
-from vaswani.configuration.files import safetensors_problem
+from vaswani.configuration.files import weights_problem
 from vaswani.training.arguments import TrainArguments
 from vaswani.training.checkpoints import checkpoint_tokenizer
 
@@ -164,20 +164,19 @@ def warm_start(encoder_checkpoint: str | None, decoder_checkpoint: str | None, *
 
 
 def load_pretrained(model_class, location: str, option: str = "a checkpoint", **config_overrides):
-    """`from_pretrained`, after checking that a local folder has a config and readable weights: transformers would
-    fall back to a default config (and fail on sizes) or name no file when a safetensors file is truncated."""
+    """`from_pretrained`, after checking that a local folder has a config and readable safetensors weights, not
+    pickles: transformers would fall back to a default config (and fail on sizes), name no file when a safetensors
+    file is truncated, or unpickle (running its code) a pickle-only folder."""
     folder = Path(location)
     if folder.is_dir():
         if not (folder / "config.json").is_file():
             raise InputError(f"{option} {folder} has no config.json, so it is not a saved model folder.")
-        weights = sorted(folder.glob("*.safetensors"))
-        if not weights:
+        if (problem := weights_problem(folder)) is not None:
+            raise InputError(f"{option} {problem}")
+        if not any(folder.glob("*.safetensors")):
             raise InputError(f"{option} {folder} has no model weights (*.safetensors).")
-        for file in weights:
-            if (problem := safetensors_problem(file)) is not None:
-                raise InputError(f"{file} is damaged or truncated ({problem}); export or download it again.")
-    try:
-        return model_class.from_pretrained(location, **config_overrides)
+    try:  # use_safetensors: a Hub repository holding only pickles is refused too, never unpickled
+        return model_class.from_pretrained(location, use_safetensors=True, **config_overrides)
     except OSError as error:  # a Hub id that cannot be fetched, or a file the checks above could not see
         raise InputError(f"{option} {location}: {error}") from error
 

@@ -16,6 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from vaswani.configuration import configuration_vaswani
 from vaswani.modeling import modeling_vaswani, pipeline_vaswani
+from vaswani.training.hub import code_file_names
 
 CODE_FILES = tuple(Path(module.__file__) for module in (configuration_vaswani, modeling_vaswani, pipeline_vaswani))
 CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")
@@ -57,9 +58,12 @@ def save_for_hub(
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, max_shard_size=max_shard_size, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
-    add_auto_map(folder / "config.json", pipeline_vaswani.CUSTOM_PIPELINES if model.config.is_encoder_decoder else None)
+    config = add_auto_map(
+        folder / "config.json", pipeline_vaswani.CUSTOM_PIPELINES if model.config.is_encoder_decoder else None
+    )
     for code_file in CODE_FILES:
-        shutil.copyfile(code_file, folder / code_file.name)
+        if code_file.name in code_file_names(config):  # what a push publishes; no pipeline file for other heads
+            shutil.copyfile(code_file, folder / code_file.name)
     metrics = metrics or {}
     (folder / "all_results.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     if training_arguments is not None:
@@ -73,14 +77,16 @@ def save_for_hub(
     return folder
 
 
-def add_auto_map(config_path: Path, custom_pipelines: dict | None = None) -> None:
+def add_auto_map(config_path: Path, custom_pipelines: dict | None = None) -> dict:
     """Name the code files for every Auto class and, for a seq2seq model, the translation pipeline's
-    (`register_for_auto_class` cannot: it fails on the modeling file's fallback import of the installed package): `pipeline("translation", model=folder, trust_remote_code=True)`."""
+    (`pipeline("translation", model=folder, trust_remote_code=True)`); return the config written.
+    `register_for_auto_class` cannot: it fails on the modeling file's fallback import of the installed package."""
     config = json.loads(config_path.read_text())
     config["auto_map"] = AUTO_MAP
     if custom_pipelines:
         config["custom_pipelines"] = custom_pipelines
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return config
 
 
 def model_card(model, metrics: dict, card: dict) -> ModelCard:

@@ -5,18 +5,27 @@ file it names missing, no weights, a truncated safetensors file, no tokenizer), 
 needed, the branch if one is asked, and uploads the folder in one commit. huggingface_hub skips files whose
 content the branch already holds, so pushing an unchanged folder uploads nothing and makes no commit.
 
+Only what an export writes is published (`plan_publication`, the one allow-list): the weights (safetensors and
+their index), config.json, generation_config.json, the tokenizer, the code files `auto_map` names, the model card,
+all_results.json, training_args.json and the images the card shows. Anything else (hidden files such as `.env`,
+subfolders such as `checkpoints/`, other files) is skipped and named. Pickles (`*.bin`, `*.pt`, ...) are refused,
+since loading one runs whatever code it holds, and so is a file to publish that is a link leading out of the folder.
+
 The model card's "How to load" snippet is rewritten to name the repository pushed to (in the folder too, so that
 the folder stays what the Hub serves).
 
-    vaswani-push outputs/vaswani-en-es/model user/vaswani-en-es [--revision dev] [--private] [--message M]
+    vaswani-push outputs/vaswani-en-es/model user/vaswani-en-es [--revision dev] [--private] [--message M] [--dry-run]
 
 The Hub and the token come from huggingface_hub's usual settings (`hf auth login` or `HF_TOKEN`, `HF_ENDPOINT`).
 """
 
 import argparse
+import glob
 import json
+import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants
@@ -39,6 +48,18 @@ EXPORT_HINT = "export the model with vaswani.training.export.save_for_hub (vaswa
 # The "How to load" section of the model card, and the repo id quoted in each of its from_pretrained calls.
 HOW_TO_LOAD = re.compile(r"^## How to load\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
 QUOTED_REPO_ID = re.compile(r'(\.from_pretrained\(")[^"\n]*(")')
+# The files save_for_hub writes under fixed names (model.save_pretrained, a fast tokenizer's save_pretrained, the
+# metrics, the arguments and the card). With the shards the index names, the code files auto_map names and the
+# images the card shows, they are all that is ever published.
+EXPORT_FILES = frozenset({
+    "config.json", "generation_config.json", WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
+    "tokenizer.json", TOKENIZER_FILE, "special_tokens_map.json", "chat_template.jinja",
+    CARD_FILE, "all_results.json", "training_args.json",
+})  # fmt: skip
+# Formats that torch.load or pickle read by running the code they hold: whoever loads one runs its author's code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
+CARD_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)")
 
 
 class NotAnExportError(InputError):
@@ -103,6 +124,68 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 
+@dataclass(frozen=True)
+class Publication:
+    """What a push of a folder uploads (`files`, names in the folder) and what it leaves out, with why (`skipped`)."""
+
+    files: list[str]
+    skipped: dict[str, str]
+
+    def skipped_line(self) -> str:
+        return ", ".join(f"{name} ({reason})" for name, reason in self.skipped.items())
+
+
+def plan_publication(folder: str | Path) -> Publication:
+    """Check that `folder` is an export (`check_export`) and divide its entries into the files an export writes, to
+    publish, and the rest, skipped. Raise NotAnExportError for a pickle, or for a file to publish that is a link
+    leading out of the folder; no file is read through such a link before it is refused (but shards are opened)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotAnExportError(f"{folder} is not a folder.")
+    names = sorted(entry.name for entry in os.scandir(folder))
+    if pickles := [name for name in names if name.lower().endswith(PICKLE_SUFFIXES)]:
+        raise NotAnExportError(
+            f"{folder} holds pickle files, which run code when loaded and are never published: {', '.join(pickles)}. "
+            f"Delete them or move them out of the folder (the weights are published as safetensors)."
+        )
+    refuse_links_out(folder, [name for name in names if name in EXPORT_FILES])  # before reading config.json
+    check_export(folder)
+    config = json.loads((folder / "config.json").read_text())
+    published = EXPORT_FILES | set(code_file_names(config)) | {path.name for path in weight_files(folder)}
+    published |= card_images(folder / CARD_FILE)
+    refuse_links_out(folder, [name for name in names if name in published])
+    files = [name for name in names if name in published and (folder / name).is_file()]
+    skipped = {name + "/" * (folder / name).is_dir(): why_skipped(folder / name) for name in names if name not in files}
+    return Publication(files, skipped)
+
+
+def refuse_links_out(folder: Path, names: list[str]) -> None:
+    inside = folder.resolve()
+    for name in names:
+        path = folder / name
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            raise NotAnExportError(
+                f"{path} is a link to {path.resolve()}, outside the folder, and a push publishes only the folder's "
+                f"own files: copy the file into the folder in place of the link, or remove it."
+            )
+
+
+def card_images(card_path: Path) -> set[str]:
+    """The image files that the model card shows, by name (the loss curves an export copies in)."""
+    text = card_path.read_text() if card_path.is_file() else ""
+    return {name for name in CARD_IMAGE.findall(text) if name.lower().endswith(IMAGE_SUFFIXES)}
+
+
+def why_skipped(path: Path) -> str:
+    if path.name.startswith("."):
+        return "hidden"
+    if path.is_dir():
+        return "a folder"
+    if not path.is_file():
+        return "not a regular file"
+    return "not a file an export writes"
+
+
 def name_repo_in_card(folder: Path, repo_id: str) -> None:
     """Make the model card's "How to load" snippet load `repo_id` (rewrites README.md only if it changes)."""
     card_path = folder / CARD_FILE
@@ -129,20 +212,30 @@ def push_folder(
     created; an existing repository keeps its visibility. `token` and `endpoint` default to huggingface_hub's
     settings (`HF_TOKEN` or `hf auth login`, `HF_ENDPOINT`). Unchanged files are not uploaded again; when nothing
     changed, no commit is made and the URL is that of the branch's head commit. The model card's "How to load"
-    snippet is made to name `repo_id`, in the folder's README.md too.
+    snippet is made to name `repo_id`, in the folder's README.md too. Only the files of `plan_publication(folder)`
+    are uploaded; the others are named on stderr.
     """
     folder = Path(folder)
-    check_export(folder)
-    validate_repo_id(repo_id)
-    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
-        raise ValueError(f"revision={revision!r} is a commit: commits go to a branch (created if it does not exist).")
+    publication = plan_publication(folder)
+    check_destination(repo_id, revision)
+    if publication.skipped:
+        print(f"Not uploaded (an export does not write them): {publication.skipped_line()}", file=sys.stderr)
     name_repo_in_card(folder, repo_id)
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision and revision != "main" and not revision.startswith("refs/"):
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message)
+    only = [glob.escape(name) for name in publication.files]  # exact names: the patterns are fnmatch's
+    commit = api.upload_folder(
+        repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message, allow_patterns=only
+    )
     return commit.commit_url
+
+
+def check_destination(repo_id: str, revision: str | None) -> None:
+    validate_repo_id(repo_id)
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        raise ValueError(f"revision={revision!r} is a commit: commits go to a branch (created if it does not exist).")
 
 
 def push_trained_model(model_dir: str | Path, repo_id: str | None, metrics: dict | None = None) -> str | None:
@@ -172,7 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", help="push to this branch (created from main if it does not exist)")
     parser.add_argument("--private", action="store_true", help="create the repository private")
     parser.add_argument("--message", default=DEFAULT_COMMIT_MESSAGE, help="the commit message")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be uploaded and what skipped, without asking the Hub"
+    )
     return parser
+
+
+def describe_publication(folder: str, repo_id: str, publication: Publication) -> str:
+    lines = [f"Would upload {len(publication.files)} files of {folder} to {repo_id}: {', '.join(publication.files)}"]
+    if publication.skipped:
+        lines.append(f"Would skip {len(publication.skipped)}: {publication.skipped_line()}")
+    return "\n".join(lines)
 
 
 def describe_error(error: Exception) -> str:
@@ -193,6 +296,11 @@ def describe_error(error: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     try:
+        if arguments.dry_run:
+            publication = plan_publication(arguments.folder)
+            check_destination(arguments.repo_id, arguments.revision)
+            print(describe_publication(arguments.folder, arguments.repo_id, publication))
+            return 0
         url = push_folder(arguments.folder, arguments.repo_id, arguments.revision, arguments.private, arguments.message)
     except (OSError, ValueError, TRANSPORT_ERROR) as error:  # NotAnExportError is a ValueError, HTTP errors OSErrors
         print(f"vaswani-push: error: {describe_error(error)}", file=sys.stderr)
