@@ -1,20 +1,38 @@
-"""`vaswani-translate`: translate a file, one sentence a line, with `generate()` or with CTranslate2.
+"""`vaswani-translate`: translate a file, one sentence a line, with `generate()` or with CTranslate2; or score given
+translations under the model.
 
     vaswani-translate --model MODEL [--backend transformers|ctranslate2] [--input FILE] [--output FILE]
                       [--num-beams N] [--length-penalty A] [--max-tokens N | --batch-size N] [--device DEVICE]
-                      [--compute-type TYPE]
+                      [--compute-type TYPE] [--n-best N] [--format text|jsonl] [--output-tokens]
+                      [--target-prefix] [--no-split] [--sampling-topk K [--sampling-temperature T] [--seed S]]
+    vaswani-translate --model MODEL --score [--input-format tsv|jsonl [--source-field F] [--target-field F]] ...
 
 Reads `--input` (default: stdin) and writes one translation a line, in input order, to `--output` (default:
 stdout); a progress bar goes to stderr. Sentences are tokenized once, sorted by length and batched by tokens
 (`--max-tokens`, the padded source tokens of a batch) or by sentences (`--batch-size`), so that batches carry
-little padding. Empty lines stay empty; a line longer than the model takes is truncated (one warning names how
-many); translations never span lines. Each output stops at the paper's limit, its source length + 50 tokens (§6.1).
+little padding. Empty lines stay empty; translations never span lines. A line longer than the model takes is split
+into sentences (`sentence_split`), a sentence still too long at the token budget, and the pieces' translations are
+joined with a space in order; with `--no-split` it is truncated instead (one warning names how many). Each output
+stops at the paper's limit, its source length + 50 tokens (§6.1).
+
+Scores are log-probabilities under the model (natural log), the end token included, computed the same way for
+`--score` and for hypotheses: a teacher-forced forward pass on `transformers`, `Translator.score_batch` on
+CTranslate2 (they agree within 1e-3 per token in float32). `--n-best N` keeps N hypotheses ranked by
+log_prob / num_tokens ** length_penalty; `--format jsonl` writes them with their scores (and, with
+`--output-tokens`, each token and its log-probability). `--target-prefix` reads SOURCE<TAB>PREFIX lines and starts
+each translation with its prefix (`decoder_input_ids` in generate(), `target_prefix` in CTranslate2).
+`--sampling-topk` samples instead of searching; with `--seed`, the same command gives the same output on the same
+backend (the two backends draw different samples).
 
 `--backend ctranslate2` takes a CTranslate2 folder (made by `vaswani-export-ctranslate2`) or a model folder (or Hub
 id), which is converted once, in float32, and cached under `$HF_HOME/vaswani/ctranslate2/`, not in the model
 folder: that may be read-only (a Hub snapshot, shared storage), and `vaswani-push` would upload the copy with the
 model. A model saved again is converted again. `--compute-type int8` runs it quantized, CTranslate2's fastest CPU
 path.
+
+A backend has `translate(sources, num_beams, length_penalty, max_new_tokens)` (the best hypothesis); what it offers
+beyond that it lists in `features` (`search()` for n-best lists, target prefixes and sampling; `score()`), and an
+option that needs a feature the chosen backend lacks is refused in one line.
 """
 
 import argparse

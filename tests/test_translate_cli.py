@@ -259,13 +259,14 @@ def test_score_mode_gives_the_models_log_probabilities_on_both_backends(model_di
             loss = model(**tokenizer([source], return_tensors="pt"), labels=labels).loss.item()
         assert score["num_tokens"] == labels.shape[1]
         assert score["log_prob"] == pytest.approx(-loss * labels.shape[1], abs=1e-4)
-    code, text = run(tmp_path, [f"{source}\t{target}" for source, target in pairs], "--model", str(model_dir), "--score")
+    rows = [f"{source}\t{target}" for source, target in pairs]
+    code, text = run(tmp_path, rows, "--model", str(model_dir), "--score")
     assert code == 0
     assert [[float(value) for value in row.split("\t")] for row in text] == [
         [round(score["log_prob"], 4), round(score["mean_log_prob"], 4), score["num_tokens"]] for score in found
     ]
     if importlib.util.find_spec("ctranslate2") is not None:  # float32 CTranslate2 agrees within 1e-3 per token
-        ct2 = scored_pairs(tmp_path, model_dir, [f"{s}\t{t}" for s, t in pairs], "--backend", "ctranslate2")
+        ct2 = scored_pairs(tmp_path, model_dir, rows, "--backend", "ctranslate2")
         for ours, theirs in zip(found, ct2):
             assert abs(ours["log_prob"] - theirs["log_prob"]) <= 1e-3 * ours["num_tokens"]
 
