@@ -410,7 +410,7 @@ def token_budget_chunks(ids: list[int], max_length: int, eos_token_id: int | Non
 
 def output_limit(source_length: int, max_positions: int | None) -> int:
     """Source length + 50 new tokens (§6.1), within the decoder's positions when they are learned."""
-    return min(source_length + EXTRA_OUTPUT_TOKENS, max_positions or sys.maxsize)
+    return min(source_length + EXTRA_OUTPUT_TOKENS, sys.maxsize if max_positions is None else max_positions)
 
 
 # ----------------------------------------------------------------------------------------------- translating
@@ -517,7 +517,8 @@ def decode_batch(backend, sources: list[list[int]], prefixes: list[list[int]], d
     tokenizer = backend.tokenizer
     # Each sentence's own limit, not its batch's: then how lines are batched does not change greedy outputs. A
     # scored hypothesis gets its end token appended, so with learned positions it leaves a position for it.
-    rooms = [backend.max_positions and backend.max_positions - len(prefix) - scored for prefix in prefixes]
+    positions = backend.max_positions
+    rooms = [None if positions is None else positions - len(prefix) - scored for prefix in prefixes]
     limits = [len(prefix) + output_limit(len(source), room) for source, prefix, room in zip(sources, prefixes, rooms)]
     if decoding.num_hypotheses > 1 or decoding.sampling_topk is not None or any(prefixes) or scored:
         outputs = backend.search(sources, prefixes, decoding, limits)

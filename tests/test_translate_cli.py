@@ -129,6 +129,11 @@ def test_outputs_stay_within_learned_positions(tokenizer, tmp_path, backend):
     # 48 source tokens would allow 98 output tokens; the decoder has 64 positions, and both backends fail past them.
     code, translations = run(tmp_path, [" ".join(["light"] * 200)], "--model", str(folder), "--backend", backend)
     assert code == 0 and len(translations) == 1
+    # Scored hypotheses get an end token appended, and a prefix takes positions too: still within the 64.
+    line = " ".join(["light"] * 40) + "\tY dijo Dios"
+    options = ["--model", str(folder), "--backend", backend, "--n-best", "2", "--num-beams", "2", "--no-split"]
+    code, output = run(tmp_path, [line], *options, "--format", "jsonl", "--target-prefix", "--output-tokens")
+    assert code == 0 and max(len(h["tokens"]) for h in json.loads(output[0])["hypotheses"]) <= 64
 
 
 def test_a_saved_model_is_converted_again(model_dir, tokenizer, tmp_path):
