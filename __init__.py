@@ -45,7 +45,8 @@ register_peft_target_modules()
 
 
 def __getattr__(name: str):
-    """`vaswani.save_for_hub` and `vaswani.push_folder` load the training package (accelerate, datasets) on first use;
+    """`vaswani.save_for_hub`, `vaswani.push_folder` and the token-batch Trainers (`vaswani.TokenBatchTrainer`,
+    `vaswani.TokenBatchSeq2SeqTrainer`) load the training package (accelerate, datasets) on first use;
     `vaswani.export_ctranslate2` loads CTranslate2 (an optional extra) on first use."""
     if name == "save_for_hub":
         from vaswani.training.export import save_for_hub
@@ -55,6 +56,10 @@ def __getattr__(name: str):
         from vaswani.training.hub import push_folder
 
         return push_folder
+    if name in ("TokenBatchTrainer", "TokenBatchSeq2SeqTrainer"):
+        from vaswani.training import trainer_batching
+
+        return getattr(trainer_batching, name)
     if name == "export_ctranslate2":
         from vaswani.modeling.ctranslate2_export import export_ctranslate2
 
@@ -79,5 +84,7 @@ __all__ = [
     "LORA_TARGET_MODULES",
     "save_for_hub",
     "push_folder",
+    "TokenBatchTrainer",
+    "TokenBatchSeq2SeqTrainer",
     "export_ctranslate2",
 ]

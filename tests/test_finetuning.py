@@ -225,6 +225,23 @@ def test_trainers_label_smoothing_equals_the_configs_and_never_adds_up(pair_data
 # ----------------------------------------------------------------------------------------------- the examples
 
 
+def test_the_translation_examples_max_tokens_batches_by_tokens(pair_dataset, tokenizer, tmp_path):
+    """`--max_tokens 40` packs the 16 short pairs into batches of at most 40 tokens a side; without it, the 16 pairs
+    fit one batch of `--batch_size` 32."""
+    dataset, _, _ = pair_dataset
+    model = VaswaniForConditionalGeneration(tiny_config(tokenizer))
+
+    def batches(**options):
+        options = finetune_translation.TranslationOptions(output_dir=str(tmp_path), **options)
+        trainer = finetune_translation.seq2seq_trainer(options, model, tokenizer, dataset, dataset)
+        return list(trainer.get_train_dataloader())
+
+    by_tokens = batches(max_tokens=40)
+    assert len(by_tokens) > 2 and sum(len(batch["input_ids"]) for batch in by_tokens) == len(dataset)
+    assert all(batch[side].numel() <= 40 for batch in by_tokens for side in ("input_ids", "labels"))
+    assert [len(batch["input_ids"]) for batch in batches()] == [len(dataset)]
+
+
 @pytest.mark.slow
 def test_classification_example_runs_from_a_checkpoint(masked_lm_checkpoint, tmp_path, capsys):
     folder, _ = masked_lm_checkpoint

@@ -2,6 +2,7 @@
 
     python -m vaswani.training.finetune_translation                                     # a small new model
     python -m vaswani.training.finetune_translation --model outputs/vaswani-en-es/model  # continue a checkpoint
+    python -m vaswani.training.finetune_translation --max_tokens 1024                    # token-count batches
 
 With `--model` (any seq2seq checkpoint with its tokenizer, e.g. the `model/` folder `vaswani-train` writes) the
 example fine-tunes it; without, it trains a shared vocabulary and initialises a small model, so that it runs
@@ -16,6 +17,9 @@ How our model meets the Trainer, exactly as a built-in one does:
   model: the model's own `loss` is plain cross-entropy (`config.label_smoothing` defaults to 0). The Trainer's
   smoother takes the labels away from the model, so a checkpoint saved with `label_smoothing` set never smooths twice.
 - `predict_with_generate=True` evaluates with `model.generate()`; `compute_metrics` scores with sacrebleu.
+- `--max_tokens N` batches by tokens, as `vaswani-train --max-tokens` and the paper (§5.1) do:
+  `TokenBatchSeq2SeqTrainer` packs examples of similar length into batches of at most N source and N target tokens
+  (padding included) per process, for training and evaluation, instead of `--batch_size` pairs grouped by length.
 """
 
 import sys
@@ -41,6 +45,7 @@ from vaswani.training.corpus import load_parallel_corpus
 from vaswani.training.data import tokenize_pairs
 from vaswani.training.evaluation import corpus_scores
 from vaswani.training.export import save_for_hub
+from vaswani.training.trainer_batching import TokenBatchSeq2SeqTrainer
 
 
 @dataclass
@@ -52,7 +57,11 @@ class TranslationOptions:
     source: str = field(default="en", metadata={"help": "Source column: en or es."})
     target: str = field(default="es", metadata={"help": "Target column: es or en."})
     max_steps: int = field(default=1000, metadata={"help": "Optimiser steps."})
-    batch_size: int = field(default=32, metadata={"help": "Pairs per step."})
+    batch_size: int = field(default=32, metadata={"help": "Pairs per step (without --max_tokens)."})
+    max_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Token-count batches: at most N source and N target tokens per batch, padding included."},
+    )
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (inverse square-root decay)."})
     warmup_steps: int = field(default=200, metadata={"help": "Linear warm-up steps."})
     max_length: int = field(default=64, metadata={"help": "Tokens kept per source and target."})
@@ -104,6 +113,18 @@ def training_arguments(options: TranslationOptions) -> Seq2SeqTrainingArguments:
     )  # fmt: skip
 
 
+def seq2seq_trainer(options: TranslationOptions, model, tokenizer, train, validation) -> Seq2SeqTrainer:
+    """The example's `Seq2SeqTrainer`: on token-count batches with `--max_tokens`, else `--batch_size` pairs."""
+    common = dict(
+        model=model, args=training_arguments(options), train_dataset=train, eval_dataset=validation,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), processing_class=tokenizer,
+        compute_metrics=bleu_metrics(tokenizer),
+    )  # fmt: skip
+    if options.max_tokens is None:
+        return Seq2SeqTrainer(**common)
+    return TokenBatchSeq2SeqTrainer(**common, max_tokens=options.max_tokens)
+
+
 def finetune(options: TranslationOptions) -> dict[str, float]:
     """Train, score the test books (before too, for a given --model), export; returns the test scores."""
     corpus = load_parallel_corpus().select_columns([options.source, options.target])
@@ -114,11 +135,7 @@ def finetune(options: TranslationOptions) -> dict[str, float]:
         model, tokenizer = new_model_and_tokenizer(corpus, options)
     data = tokenize_pairs(corpus, tokenizer, options.source, options.target, options.max_length)
     validation = data["validation"].select(range(min(options.max_eval_examples, len(data["validation"]))))
-    trainer = Seq2SeqTrainer(
-        model=model, args=training_arguments(options), train_dataset=data["train"], eval_dataset=validation,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), processing_class=tokenizer,
-        compute_metrics=bleu_metrics(tokenizer),
-    )  # fmt: skip
+    trainer = seq2seq_trainer(options, model, tokenizer, data["train"], validation)
     scores = {}
     if options.model:  # a new model scores 0 before training: no need to translate with it
         scores["bleu_before"] = trainer.evaluate(data["test"], metric_key_prefix="test")["test_bleu"]
