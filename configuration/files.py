@@ -33,7 +33,7 @@ def written_atomically(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         raise InputError(f"{path} is a folder where a file is to be written; remove it, or write elsewhere.")
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = temporary_name(path)
     remove_path(temporary)
     make_parent(temporary)
     os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
@@ -43,6 +43,12 @@ def written_atomically(path: str | Path) -> Iterator[Path]:
         remove_path(temporary)
         raise
     os.replace(temporary, path)
+
+
+def temporary_name(path: str | Path) -> Path:
+    """The hidden sibling `.NAME.tmp` that a new version of `path` is written into before it takes its place."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
 
 
 def remove_path(path: Path) -> None:
@@ -55,8 +61,7 @@ def remove_path(path: Path) -> None:
 
 def temporary_sibling(folder: str | Path) -> Path:
     """A new, empty `.NAME.tmp` beside `folder` to write into (what an interrupted write left there is removed)."""
-    folder = Path(folder)
-    temporary = folder.with_name(f".{folder.name}.tmp")
+    temporary = temporary_name(folder)
     remove_path(temporary)
     make_parent(temporary)
     temporary.mkdir()

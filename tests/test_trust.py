@@ -10,6 +10,7 @@
 
 import errno
 import json
+import math
 import os
 import random
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -263,3 +265,23 @@ def test_a_full_disk_while_checkpointing_is_named_and_leaves_nothing_half_writte
     root = copy / "checkpoints"
     assert sorted(path.name for path in root.iterdir()) == [LATEST, "step-0000001", "step-0000002"]
     assert (root / LATEST).read_text() == "step-0000002"
+
+
+def test_only_the_loss_is_checked_where_a_grad_scaler_or_deepspeed_owns_the_gradients():
+    plain, scaled = SimpleNamespace(scaler=None), SimpleNamespace(scaler=object())
+    assert loop.finite_step(plain, 2.5, torch.tensor(1.0)) and not loop.finite_step(plain, 2.5, torch.tensor(math.inf))
+    assert not loop.finite_step(plain, math.nan, torch.tensor(1.0))
+    assert loop.finite_step(scaled, 2.5, torch.tensor(math.inf))  # fp16: the scaler skips that update itself
+    assert loop.finite_step(plain, 2.5, None) and not loop.finite_step(scaled, math.inf, None)  # DeepSpeed: no norm
+
+
+def test_a_bad_row_in_the_middle_of_a_streamed_file_is_named(data, tmp_path, capsys):
+    rows = [json.dumps({"en": f"In the beginning {i}.", "es": f"En el principio {i}."}) for i in range(60)]
+    rows[45] = '{"en": "broken row, "es": 3'
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(rows) + "\n")
+    options = [*TINY_RUN, "--dataset", str(pairs), *data[2:], "--output-dir", str(tmp_path / "out"), "--max-steps", "2"]
+    assert main([*options, "--streaming", "--validation-examples", "10", "--shuffle-buffer", "8"]) == 2
+    message = capsys.readouterr().err
+    assert f"--dataset {pairs} cannot be read as a stream: " in message  # then what the parser met there
+    assert "Traceback" not in message

@@ -29,7 +29,8 @@ from accelerate.utils import gather_object
 from accelerate.utils import load as load_data_only  # torch.load with weights_only=True and numpy's RNG types allowed
 
 from vaswani.configuration.errors import InputError
-from vaswani.configuration.files import remove_path, replace_folder, temporary_sibling, write_atomically
+from vaswani.configuration.files import remove_path, replace_folder, temporary_name, temporary_sibling
+from vaswani.configuration.files import write_atomically
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"  # a file naming the newest complete checkpoint
@@ -80,7 +81,6 @@ class TrainingState:
         self.__dict__.update(state)
 
 
-
 def checkpoint_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / CHECKPOINTS
 
@@ -95,20 +95,20 @@ def save_checkpoint(
     `per_process_positions` records where each process is in its own data stream (--streaming)."""
     root = checkpoint_root(output_dir)
     final = root / f"step-{state.step:07d}"
-    temporary = final.with_name(f".{final.name}.tmp")
+    temporary = temporary_name(final)
     saved_state = replace(state, recent_losses=summed_recent_losses(state, accelerator))
     if per_process_positions:
         saved_state.process_positions = gather_object([[state.epoch, state.batches_in_epoch]])
     try:
-        write_checkpoint(accelerator, saved_state, temporary, tokenizer)
+        write_checkpoint(accelerator, saved_state, final, tokenizer)
     except (OSError, RuntimeError) as error:  # a full disk: the OS says ENOSPC, torch "unexpected pos"
         if accelerator.is_main_process:
             remove_path(temporary)
         full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "unexpected pos" in str(error)
         raise CheckpointError(
             f"Could not write the checkpoint {final} ({type(error).__name__}: {str(error)[:200]}); nothing of it was "
-            f"kept, and {root / LATEST} still names the last complete one. {'Free space on that disk' if full else 'Fix that'}"
-            ", then resume with --resume latest."
+            f"kept, and {root / LATEST} still names the last complete one. "
+            f"{'Free space on that disk' if full else 'Fix that'}, then resume with --resume latest."
         ) from error
     if accelerator.is_main_process:
         replace_folder(temporary, final)
@@ -118,10 +118,12 @@ def save_checkpoint(
     return final
 
 
-def write_checkpoint(accelerator: Accelerator, state: TrainingState, temporary: Path, tokenizer=None) -> None:
-    """Every file of the checkpoint into `temporary`, sealed by its manifest (every process takes part)."""
+def write_checkpoint(accelerator: Accelerator, state: TrainingState, final: Path, tokenizer=None) -> None:
+    """Every file of the checkpoint `final` into its temporary sibling, sealed by its manifest (every process takes
+    part; a full disk on one of them is reported by the main process)."""
+    temporary = temporary_name(final)
     if accelerator.is_main_process:
-        temporary_sibling(temporary.with_name(temporary.name.removeprefix(".").removesuffix(".tmp")))
+        temporary_sibling(final)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()

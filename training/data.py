@@ -11,6 +11,8 @@ which caches its results next to file-backed datasets. With `--streaming` the tr
 `DataCollatorForLanguageModeling` (BERT's 15% masking, 80/10/10, for mlm; labels = inputs for clm).
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -175,6 +177,24 @@ class StreamingSplits(dict):
     sharding = "auto"
 
 
+@contextmanager
+def stream_errors(origin: str) -> Iterator[None]:
+    """Reading a stream, a file's bad row (pyarrow's JSON or CSV parser, a codec) surfaces only when the stream
+    reaches it, from inside datasets: it becomes our error, naming the data and what the parser met there."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as error:  # pyarrow, pandas, the codecs and datasets raise many types
+        inner = error
+        while inner.__cause__ or inner.__context__:
+            inner = inner.__cause__ or inner.__context__
+        raise InputError(
+            f"{origin} cannot be read as a stream: {type(inner).__name__}: {str(inner)[:300]}. Fix the data (reading "
+            "it without --streaming names the file and line)."
+        ) from error
+
+
 def load_streaming_dataset(
     name: str,
     config: str | None = None,
@@ -188,7 +208,11 @@ def load_streaming_dataset(
     are the validation split and the stream skips them. That skip is only right on the whole stream: datasets would
     divide it among the shards that processes read, so each process then reads the whole stream and keeps every
     P-th example. With a validation split of its own, processes read whole shards each when their number allows."""
-    columns = text_columns or []
+    with stream_errors(f"--dataset {name}"):
+        return streaming_splits(name, config, validation_examples, text_columns or [], strict)
+
+
+def streaming_splits(name: str, config: str | None, validation_examples: int, columns: list[str], strict: bool):
     streams = StreamingSplits()
     for split, rows in stream_splits(name, config).items():
         origin = f"{name} ({split} split)"

@@ -34,6 +34,7 @@ from vaswani.training.arguments import TrainArguments
 from vaswani.training.batching import StreamBatches, evaluation_loader, global_batch_description, training_loader
 from vaswani.training.checkpoints import LATEST, TrainingState, checkpoint_root, latest_checkpoint, load_checkpoint
 from vaswani.training.checkpoints import resolve_resume, save_checkpoint
+from vaswani.training.data import stream_errors
 from vaswani.training.distributed import prepare_for_fsdp2
 from vaswani.training.output_folder import TENSORBOARD
 
@@ -89,9 +90,10 @@ def stream_micro_batches(loader: DataLoader, state: TrainingState, accelerator: 
     while True:
         loader.dataset.set_epoch(state.epoch)
         loader.dataset.skip = state.batches_in_epoch
-        for batch in loader:
-            state.batches_in_epoch += 1
-            yield send_to_device(batch, accelerator.device)
+        with stream_errors("The training stream (--dataset)"):
+            for batch in loader:
+                state.batches_in_epoch += 1
+                yield send_to_device(batch, accelerator.device)
         if state.batches_in_epoch == 0:  # a whole epoch (a resumed one ends with at least its skipped batches)
             raise InputError(
                 f"Process {accelerator.process_index} read a whole epoch of its stream without making one batch: the "
@@ -141,13 +143,21 @@ def train_step(
             if accelerator.sync_gradients:
                 # The norm is measured even without clipping (an infinite bound scales by 1): it is the check.
                 norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
-                if not on_every_process(accelerator, math.isfinite(step_loss) and math.isfinite(float(norm))):
+                if not on_every_process(accelerator, finite_step(accelerator, step_loss, norm)):
                     optimizer.zero_grad()
                     return step_loss, False
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
     return step_loss, True
+
+
+def finite_step(accelerator: Accelerator, loss: float, gradient_norm) -> bool:
+    """Whether the step's loss and gradients are finite. Under fp16 a GradScaler skips an update whose gradients
+    overflowed and lowers its scale (that is how it finds its scale), and DeepSpeed checks its own (no norm comes
+    back): there only the loss is ours to check."""
+    gradients_ours = gradient_norm is not None and accelerator.scaler is None
+    return math.isfinite(loss) and (not gradients_ours or math.isfinite(float(gradient_norm)))
 
 
 def on_every_process(accelerator: Accelerator, condition: bool) -> bool:

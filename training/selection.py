@@ -14,7 +14,7 @@ best ones (`--keep-best`), and measures their validation loss, which is what run
 import json
 from pathlib import Path
 
-from vaswani.configuration.files import replace_folder, temporary_sibling
+from vaswani.configuration.files import replace_folder, temporary_name, temporary_sibling
 from vaswani.training.averaging import last_checkpoints, load_average
 from vaswani.training.batching import evaluation_loader
 from vaswani.training.evaluation import translation_metrics
@@ -91,7 +91,7 @@ class ModelSelection:
         """Weights and best.json into a temporary folder, then renamed: a run killed while writing never leaves
         half-written best weights."""
         folder = Path(self.args.output_dir) / BEST
-        temporary = folder.with_name(f".{BEST}.tmp")
+        temporary = temporary_name(folder)
         if accelerator.is_main_process:
             temporary = temporary_sibling(folder)
         accelerator.wait_for_everyone()
