@@ -285,3 +285,16 @@ def test_a_bad_row_in_the_middle_of_a_streamed_file_is_named(data, tmp_path, cap
     message = capsys.readouterr().err
     assert f"--dataset {pairs} cannot be read as a stream: " in message  # then what the parser met there
     assert "Traceback" not in message
+
+
+def test_a_full_disk_while_exporting_is_one_line_naming_the_file(data, tmp_path, monkeypatch, capsys):
+    run_module = sys.modules["vaswani.training.run"]  # the module: `vaswani.training.run` is also its function
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / ".model.tmp" / "model.safetensors"))
+
+    monkeypatch.setattr(run_module, "save_for_hub", full_disk)
+    assert main(argv(data, tmp_path / "out", "--max-steps", "1")) == 1
+    message = capsys.readouterr().err
+    assert "vaswani-train: error: [Errno 28] No space left on device" in message and ".model.tmp" in message
+    assert "Traceback" not in message and not (tmp_path / "out" / ".model.tmp").exists()  # nothing half-written

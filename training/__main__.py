@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return stopped(f"error: {error}", 2)
     except RunStopped as stop:  # a signal or a diverging loss: the message says what was kept and how to go on
         return stopped(str(stop), stop.exit_code)
+    except OSError as error:  # the machine's, not the code's: a full disk, a permission; the message names the file
+        return stopped(f"error: {error}", 1)
     if PartialState().is_main_process:
         print(("\n" + comparison_report(args.output_dir) if compares else "") + report(result))
     PartialState().destroy_process_group()
