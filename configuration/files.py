@@ -74,7 +74,8 @@ def make_parent(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as error:
         blocking = next(parent for parent in reversed(path.parents) if parent.exists() and not parent.is_dir())
-        raise InputError(f"{blocking} is a file where a folder is to be made; remove it, or write elsewhere.") from error
+        message = f"{blocking} is a file where a folder is to be made; remove it, or write elsewhere."
+        raise InputError(message) from error
 
 
 def replace_folder(temporary: Path, folder: str | Path) -> None:

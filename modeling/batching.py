@@ -2,7 +2,9 @@
 translation (`vaswani-translate --max-tokens`) alike: one definition of what a batch of tokens costs."""
 
 
-def pack(order: list[int], sizes: list[int], max_tokens: int | None, max_examples: int | None = None) -> list[list[int]]:
+def pack(
+    order: list[int], sizes: list[int], max_tokens: int | None, max_examples: int | None = None
+) -> list[list[int]]:
     """Indices, taken greedily in `order`, in batches whose padded cost n * max(size) stays <= `max_tokens` and that
     hold at most `max_examples` indices (None: no such bound). `order` sorted by size keeps the padding small."""
     batches, batch, largest = [], [], 0

@@ -408,7 +408,8 @@ def check_local_or_hub(option: str, value: str | None, required_file: str) -> No
 def parse_arguments(argv: list[str] | None = None) -> TrainArguments:
     """Parse the command line (`--max-steps 100` and `--max_steps 100` both work). With --preset, the preset's
     values are the parser's defaults, so that every option given explicitly wins over them."""
-    parser = HfArgumentParser(TrainArguments, prog="vaswani-train", description="Train a Vaswani Transformer with Accelerate.")
+    description = "Train a Vaswani Transformer with Accelerate."
+    parser = HfArgumentParser(TrainArguments, prog="vaswani-train", description=description)
     given, _ = parser.parse_known_args(argv)
     if given.preset in PRESETS:
         processes = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun and accelerate launch for each process

@@ -187,7 +187,8 @@ def evaluation_loader(
     """Every example once, in dataset order (token batches: sorted by size), batched as for training."""
     if max_tokens is not None:
         return token_batch_loader(dataset, collator, max_tokens, num_processes, seed, False, own_generator(seed))
-    return DataLoader(dataset, batch_size=batch_size * num_processes, collate_fn=collator, generator=own_generator(seed))
+    batch = batch_size * num_processes
+    return DataLoader(dataset, batch_size=batch, collate_fn=collator, generator=own_generator(seed))
 
 
 def own_generator(seed: int) -> torch.Generator:

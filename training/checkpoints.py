@@ -336,7 +336,9 @@ def checkpoint_weights(folder: Path) -> Path:
     """The model's weights in a checkpoint (Accelerate's `save_state` name), which only unsharded runs write."""
     weights = folder / MODEL_WEIGHTS
     if not weights.is_file():
-        raise InputError(f"{folder} has no {MODEL_WEIGHTS}: only unsharded (not FSDP-sharded) checkpoints are averaged.")
+        raise InputError(
+            f"{folder} has no {MODEL_WEIGHTS}: only unsharded (not FSDP-sharded) checkpoints are averaged."
+        )
     return weights
 
 

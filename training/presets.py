@@ -1,9 +1,9 @@
 """`--preset base|big`: the paper's recipe for WMT14 (Table 3, §5).
 
 A preset sets the defaults of every option the paper fixes (`preset_defaults`, which the parser takes as its
-defaults), so an option given on the command line wins over the preset. The batch is the paper's "approximately 25000 source tokens and 25000
-target tokens" per step (§5.1): `--max-tokens` is chosen so that max_tokens x accumulation x processes is about
-25000, unless `--max-tokens` is given.
+defaults), so an option given on the command line wins over the preset. The batch is the paper's "approximately
+25000 source tokens and 25000 target tokens" per step (§5.1): `--max-tokens` is chosen so that max_tokens x
+accumulation x processes is about 25000, unless `--max-tokens` or `--batch-size` is given.
 
 What the paper does not say is left to the options' defaults: gradient clipping is off (the paper mentions none)
 and examples are truncated to 256 tokens (WMT14 sentences beyond that are rare; the paper reports no limit).

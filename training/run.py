@@ -81,7 +81,9 @@ def train_evaluate_export(args: TrainArguments) -> RunResult:
     validation_loss = final_weights(model, tokenized["validation"], collator, state, args, accelerator)
 
     eval_split = "test" if "test" in raw else "validation"
-    metrics, examples = final_metrics(model, tokenizer, raw[eval_split], tokenized[eval_split], collator, args, accelerator)
+    metrics, examples = final_metrics(
+        model, tokenizer, raw[eval_split], tokenized[eval_split], collator, args, accelerator
+    )
     metrics["validation_loss"] = validation_loss
     result = RunResult(args, output_dir / FINAL_MODEL, metrics, examples, state, time.perf_counter() - started)
     weights = sharded_weights(model, accelerator)
@@ -105,8 +107,8 @@ def check_same_run(args: TrainArguments, checkpoint: Path) -> None:
             f"with {' or '.join(SCHEDULES_WITHOUT_END)} it may change)"
         )  # fmt: skip
         raise InputError(
-            f"--resume {checkpoint} continues a run with other options: {'; '.join(differences)}{ends}. Resume with the "
-            "run's options, or start a new run in another --output-dir (--init-model takes exported weights)."
+            f"--resume {checkpoint} continues a run with other options: {'; '.join(differences)}{ends}. Resume with "
+            "the run's options, or start a new run in another --output-dir (--init-model takes exported weights)."
         )
 
 
@@ -189,7 +191,8 @@ def describe(args: TrainArguments, result: RunResult, eval_split: str) -> dict:
         "dataset_name": args.dataset,
         "eval_split": eval_split,
         "license": "apache-2.0",
-        "description": f"A {task[args.objective]} model trained with `vaswani-train` on {dataset_description(args.dataset)}.",
+        "description": (f"A {task[args.objective]} model trained with `vaswani-train` on "
+                        f"{dataset_description(args.dataset)}."),
         "data": data_description(args.dataset),
         "training": training_description(args, result),
         "examples": result.examples,
