@@ -10,6 +10,9 @@ order rotates every round, so drift of a shared machine hits every engine alike)
 | `ours-ct2-float32/int8` | `VaswaniForConditionalGeneration` exported by `vaswani-export-ctranslate2`        |
 | `ours-generate`         | our `generate()`, dynamic cache (the default)                                    |
 | `ours-static-compiled`  | our `generate(cache_implementation="static")` with the forward `torch.compile`d   |
+| `ours-torch-compiled`   | `CompiledGenerator` (`--backend torch-compiled`): static cache, compiled step     |
+| `ours-torch-compiled-int8` | the same with torchao int8 weights and dynamic int8 activations (decoder)     |
+| `ours-torch-compiled-int8-weight-only` | the same with torchao int8 weights, float activations (decoder)  |
 
 Both models are built by `benchmark.py` at the same size (weights from a fixed seed, tied embeddings, ReLU,
 post-LN, sinusoids); inputs are its fixed draw of source sentences (log-normal lengths, median 30 tokens); every
@@ -43,11 +46,12 @@ import benchmark  # noqa: E402  (the sizes, models and inputs of the main benchm
 import ctranslate2  # noqa: E402
 from ctranslate2.converters.transformers import MarianMTLoader  # noqa: E402
 
+from vaswani.modeling.compiled_generation import CompiledGenerator  # noqa: E402
 from vaswani.modeling.ctranslate2_export import export_ctranslate2  # noqa: E402
 
 ENGINES = (
     "marian-generate", "marian-ct2-float32", "marian-ct2-int8", "ours-ct2-float32", "ours-ct2-int8", "ours-generate",
-    "ours-static-compiled",
+    "ours-static-compiled", "ours-torch-compiled", "ours-torch-compiled-int8", "ours-torch-compiled-int8-weight-only",
 )  # fmt: skip
 SETTINGS = [(1, 1), (8, 1), (1, 4), (8, 4)]  # (batch, beams)
 RATIOS = [  # (numerator, denominator): > 1 when the first is faster
@@ -58,6 +62,13 @@ RATIOS = [  # (numerator, denominator): > 1 when the first is faster
     ("marian-ct2-int8", "marian-generate"),
     ("ours-generate", "marian-generate"),
     ("ours-static-compiled", "ours-generate"),
+    ("ours-torch-compiled", "ours-generate"),
+    ("ours-torch-compiled", "ours-ct2-float32"),
+    ("ours-torch-compiled", "ours-ct2-int8"),
+    ("ours-torch-compiled-int8", "ours-ct2-float32"),
+    ("ours-torch-compiled-int8", "ours-ct2-int8"),
+    ("ours-torch-compiled-int8-weight-only", "ours-ct2-float32"),
+    ("ours-torch-compiled-int8-weight-only", "ours-ct2-int8"),
 ]
 
 
@@ -101,6 +112,10 @@ def build_engines(size, workload, threads: int, workdir: Path, engines: list[str
     tokenizer.save_pretrained(workdir / "ours")
     built = {}
     for name in engines:
+        if name.startswith("ours-torch-compiled"):
+            quantization = name.removeprefix("ours-torch-compiled").removeprefix("-") or None
+            built[name] = compiled_engine(CompiledGenerator(ours, quantization=quantization), workload.new_tokens)
+            continue
         if name.endswith("generate") or name == "ours-static-compiled":
             model = marian if name.startswith("marian") else ours
             built[name] = generate_engine(model, workload.new_tokens, static=name == "ours-static-compiled")
@@ -124,6 +139,18 @@ def generate_engine(model, new_tokens: int, static: bool):
             config.compile_config = CompileConfig(fullgraph=True, dynamic=False, mode="default")
             config.compile_config._compile_all_devices = True  # transformers compiles on GPUs only unless told
         return benchmark.time_generation(model, inputs, config, torch.device("cpu"))
+
+    return run
+
+
+def compiled_engine(generator: CompiledGenerator, new_tokens: int):
+    def run(inputs: dict, beams: int) -> float:
+        start = time.perf_counter()
+        output = generator.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams)
+        elapsed = time.perf_counter() - start
+        if output.shape[1] != new_tokens + 1:  # + the decoder start token
+            raise RuntimeError(f"CompiledGenerator generated {output.shape[1] - 1} tokens, expected {new_tokens}.")
+        return elapsed
 
     return run
 

@@ -65,7 +65,8 @@ class StaticCacheDecoderStep(nn.Module):
         super().__init__()
         config = model.config
         self.decoder, self.lm_head = model.model.decoder, model.lm_head
-        self.decoder.embed_positions.check_length(max_length)  # grow a sinusoid table now, not inside the graph
+        if hasattr(self.decoder.embed_positions, "table"):  # grow a sinusoid table now, not inside the graph
+            self.decoder.embed_positions.check_length(max_length)
         self.heads, self.head_dim = config.decoder_attention_heads, config.d_model // config.decoder_attention_heads
         self.rows, self.max_length, self.source_length = rows, max_length, source_length
         self.is_encoder_decoder = config.is_encoder_decoder
@@ -206,6 +207,8 @@ class CompiledGenerator:
         batch = input_ids.shape[0]
         # Extra rows (copies of the first) fill the batch up to its bucket; they are dropped from the outputs.
         input_ids, attention_mask = (pad_rows(tensor, bucket_size(batch)) for tensor in (input_ids, attention_mask))
+        prompt_length = 1 if self.config.is_encoder_decoder else input_ids.shape[1]
+        self.model.model.decoder.embed_positions.check_length(prompt_length + max_new_tokens - 1)  # learned: a limit
         if self.config.is_encoder_decoder:
             bucket, prompt, logits, slot = self.start_seq2seq(input_ids, attention_mask, num_beams, max_new_tokens)
         else:
