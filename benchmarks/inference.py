@@ -12,7 +12,6 @@ order rotates every round, so drift of a shared machine hits every engine alike)
 | `ours-static-compiled`  | our `generate(cache_implementation="static")` with the forward `torch.compile`d   |
 | `ours-torch-compiled`   | `CompiledGenerator` (`--backend torch-compiled`): static cache, compiled step     |
 | `ours-torch-compiled-int8` | the same with torchao int8 weights and dynamic int8 activations (decoder)     |
-| `ours-torch-compiled-int8-weight-only` | the same with torchao int8 weights, float activations (decoder)  |
 
 Both models are built by `benchmark.py` at the same size (weights from a fixed seed, tied embeddings, ReLU,
 post-LN, sinusoids); inputs are its fixed draw of source sentences (log-normal lengths, median 30 tokens); every
@@ -51,7 +50,7 @@ from vaswani.modeling.ctranslate2_export import export_ctranslate2  # noqa: E402
 
 ENGINES = (
     "marian-generate", "marian-ct2-float32", "marian-ct2-int8", "ours-ct2-float32", "ours-ct2-int8", "ours-generate",
-    "ours-static-compiled", "ours-torch-compiled", "ours-torch-compiled-int8", "ours-torch-compiled-int8-weight-only",
+    "ours-static-compiled", "ours-torch-compiled", "ours-torch-compiled-int8",
 )  # fmt: skip
 SETTINGS = [(1, 1), (8, 1), (1, 4), (8, 4)]  # (batch, beams)
 RATIOS = [  # (numerator, denominator): > 1 when the first is faster
@@ -67,8 +66,6 @@ RATIOS = [  # (numerator, denominator): > 1 when the first is faster
     ("ours-torch-compiled", "ours-ct2-int8"),
     ("ours-torch-compiled-int8", "ours-ct2-float32"),
     ("ours-torch-compiled-int8", "ours-ct2-int8"),
-    ("ours-torch-compiled-int8-weight-only", "ours-ct2-float32"),
-    ("ours-torch-compiled-int8-weight-only", "ours-ct2-int8"),
 ]
 
 

@@ -5,40 +5,42 @@
 
 `sequences` are the tokens `model.generate()` returns with the same arguments in float32 (greedy, or beam search with
 transformers' own beam bookkeeping), up to near-ties of floating-point sums: seq2seq outputs start with the decoder
-start token, causal-LM outputs with the prompt; finished rows are padded with `pad_token_id`.
+start token, causal-LM outputs with the prompt; finished rows are padded as generate() pads them.
 
 Why not `model.generate(cache_implementation="static")` with a `CompileConfig`: measured on a 2-core CPU, it is no
 faster than the dynamic cache (about 4.8 against 5.5 ms a token at d_model 256), since each step still runs
 generate()'s per-step Python (logits processors, stopping criteria, kwargs and cache bookkeeping, mask building,
 output recording), Dynamo's guards over the cache objects, and Inductor's default Python wrapper, and at batch 1
 that overhead costs more than the model's arithmetic. Here one compiled function does a whole decoding step:
-Inductor's CPU inference options (`freezing`: weights become constants, prepacked for oneDNN; `cpp_wrapper`: the
-kernels are called from C++ instead of Python), a static cache owned by the step (written in place, never reallocated),
+Inductor's CPU inference options (`freezing`: weights become constants, prepacked for MKL/oneDNN; `cpp_wrapper`:
+kernels called from C++ instead of Python), a static cache owned by the step (one tensor per layer, written in place),
 and a loop that does only what greedy or beam search needs. The encoder (and a causal LM's prompt) runs once per
 batch through the model's own forward; the step reuses the model's modules (embeddings, projections, layer norms,
-residual blocks, feed-forward), so only the cache plumbing is written here.
+residual blocks, feed-forward), so only the cache plumbing and attention over it are written here.
 
-Shapes are bucketed so that a new batch rarely compiles: rows (batch x beams) and source length are rounded up to a
-power of two (at least 16 source positions), the cache to a multiple of 64 positions. A bucket compiles once per
-process; Inductor's FX graph cache and AOT autograd cache (on disk, on by default) make a later process pay only a
-fraction of it. `int8`: torchao's dynamic int8 activations and int8 weights for the decoder's linear layers and the
-output projection; `int8-weight-only`: int8 weights, float activations. On CUDA the step is compiled with
+Shapes are bucketed so that a new batch rarely compiles: the batch and the source length are rounded up to a power of
+two (at least 16 source positions), the cache to a multiple of 64 positions. A bucket compiles once per process
+(greedy and beam search once each); Inductor's FX graph cache and AOT autograd cache (on disk, on by default) make a
+later process pay only part of it. `quantization="int8"`: torchao's int8 weights and dynamically quantized int8
+activations in the decoder's linear layers and the output projection. On CUDA the step is compiled with
 `mode="reduce-overhead"` (CUDA graphs) instead of the CPU options.
 """
 
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+import torch._inductor.config
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin
 
 
-QUANTIZATIONS = (None, "int8", "int8-weight-only")
+QUANTIZATIONS = (None, "int8")
 # Inductor options for a CPU inference step: frozen (constant, prepacked) weights and a C++ wrapper around kernels.
 CPU_INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True}
 MIN_SOURCE_BUCKET = 16
@@ -71,14 +73,17 @@ class StaticCacheDecoderStep(nn.Module):
         self.rows, self.max_length, self.source_length = rows, max_length, source_length
         self.is_encoder_decoder = config.is_encoder_decoder
         device, self.dtype = model.lm_head.weight.device, model.dtype
-        shape = (len(self.decoder.layers), rows, self.heads, max_length, self.head_dim)
-        self.register_buffer("keys", torch.zeros(shape, device=device, dtype=self.dtype), persistent=False)
-        self.register_buffer("values", torch.zeros_like(self.keys), persistent=False)
+        # One tensor per layer, written in place with `index_copy_`: slices of one stacked tensor would make
+        # Inductor copy the whole cache at every step.
+        shape = (rows, self.heads, max_length, self.head_dim)
+        for index in range(len(self.decoder.layers)):
+            self.register_buffer(f"keys_{index}", torch.zeros(shape, device=device, dtype=self.dtype), persistent=False)
+            self.register_buffer(f"values_{index}", torch.zeros(shape, device=device, dtype=self.dtype), persistent=False)
         self.register_buffer("slots", torch.arange(max_length, device=device), persistent=False)
 
     def new_batch_state(self) -> dict[str, torch.Tensor]:
         """Zeroed per-batch inputs of `forward` (see the class docstring), filled by the caller."""
-        device = self.keys.device
+        device = self.slots.device
         state = {
             "real_slots": torch.ones(self.rows, self.max_length, device=device, dtype=torch.bool),
             "padding": torch.zeros(self.rows, 1, device=device, dtype=torch.long),
@@ -97,8 +102,8 @@ class StaticCacheDecoderStep(nn.Module):
         """Logits (rows, vocab) of the next token after `input_ids` (rows, 1), written at `cache_position` (1,).
         `beam_rows`: the cache row each row continues (beam search reorders the cache first)."""
         if beam_rows is not None:
-            self.keys.copy_(self.keys.index_select(1, beam_rows))
-            self.values.copy_(self.values.index_select(1, beam_rows))
+            for cache in self.caches():
+                cache.copy_(cache.index_select(0, beam_rows))
         _, hidden_states = self.decoder.embed(input_ids, None, cache_position - padding)  # (rows, 1, d_model)
         attends = (self.slots <= cache_position) & real_slots  # (rows, max_length)
         self_mask = attends[:, None, None, :]  # (rows, 1, 1, max_length)
@@ -113,11 +118,15 @@ class StaticCacheDecoderStep(nn.Module):
         hidden_states = self.decoder.final_layer_norm(hidden_states)
         return self.lm_head(hidden_states[:, -1]).float()
 
+    def caches(self) -> list[torch.Tensor]:
+        return [getattr(self, f"{kind}_{index}") for index in range(len(self.decoder.layers)) for kind in ("keys", "values")]
+
     def self_attention(self, attention, index: int, cache_position, mask, hidden_states):
         query, key, value = attention.split_heads(attention.qkv_proj(hidden_states), 3)  # (rows, heads, 1, head_dim)
-        self.keys[index].index_copy_(2, cache_position, key)
-        self.values[index].index_copy_(2, cache_position, value)
-        return self.attend(attention, query, self.keys[index], self.values[index], mask)
+        keys, values = getattr(self, f"keys_{index}"), getattr(self, f"values_{index}")
+        keys.index_copy_(2, cache_position, key)
+        values.index_copy_(2, cache_position, value)
+        return self.attend(attention, query, keys, values, mask)
 
     def cross_attention(self, attention, keys, values, mask, hidden_states):
         (query,) = attention.split_heads(attention.q_proj(hidden_states), 1)
@@ -125,7 +134,10 @@ class StaticCacheDecoderStep(nn.Module):
 
     @staticmethod
     def attend(attention, query, key, value, mask):
-        output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attention.scaling)
+        # Written out rather than `F.scaled_dot_product_attention`: for one query Inductor fuses these into its own
+        # kernels, where sdpa's CPU kernel is an opaque call costing more than the arithmetic (about 6% of a step).
+        scores = (query @ key.transpose(2, 3)) * attention.scaling  # (rows, heads, 1, keys)
+        output = scores.masked_fill(~mask, -math.inf).softmax(-1) @ value
         return attention.out_proj(output.transpose(1, 2).flatten(2))  # (rows, 1, d_model)
 
 
@@ -137,18 +149,30 @@ class Bucket:
     run: Callable
     state: dict[str, torch.Tensor]
 
+    warm: set = field(default_factory=set)  # the step's variants (greedy, beam) called once already
+
     def __call__(self, input_ids: torch.Tensor, slot: int, beam_rows: torch.Tensor | None = None) -> torch.Tensor:
-        if self.step.keys.device.type == "cuda":
+        if self.step.slots.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
         position = torch.tensor([slot], device=input_ids.device)
-        return self.run(input_ids, position, **self.state, beam_rows=beam_rows)
+        variant = beam_rows is not None
+        # Once a variant is compiled, Dynamo's guards (about 0.1 ms a step on a CPU) need only tell the graphs of
+        # this function apart: shapes and inputs never change within a bucket.
+        stance = (
+            torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if variant in self.warm else nullcontext()
+        )
+        # Inductor reads `freezing` outside of `torch.compile(options=...)`'s patch: set while any call may compile.
+        with stance, torch._inductor.config.patch(CPU_INDUCTOR_OPTIONS):
+            logits = self.run(input_ids, position, **self.state, beam_rows=beam_rows)
+        self.warm.add(variant)
+        return logits
 
 
 class CompiledGenerator:
     """Greedy and beam-search generation through `StaticCacheDecoderStep`, compiled once per shape bucket.
 
     `model`: a `VaswaniForConditionalGeneration` or `VaswaniForCausalLM` (put on its device first; it is not
-    modified: quantization works on a copy). `quantization`: None, "int8" or "int8-weight-only" (torchao).
+    modified: quantization works on a copy). `quantization`: None or "int8" (torchao, see `quantize`).
     `compile`: False runs the same steps eagerly; `backend`: any `torch.compile` backend (tests count compilations
     with a counting one). Special tokens come from `model.generation_config`.
     """
@@ -171,6 +195,9 @@ class CompiledGenerator:
         self.decoder_start_token_id = generation.decoder_start_token_id
         self.early_stopping = generation.early_stopping
         self.compile, self.backend = compile, backend
+        # oneDNN's int8 matrix product (what Inductor makes of torchao's int8 linear) takes about 40x longer for one
+        # row than for two on a CPU (5.9 ms against 0.13 ms for 8000 x 256): a single sentence decodes as two.
+        self.min_batch = 2 if quantization == "int8" and self.device.type == "cpu" else 1
         self.buckets: dict[tuple[int, int, int], Bucket] = {}
 
     def bucket_for(self, rows: int, max_length: int, source_length: int) -> "Bucket":
@@ -206,7 +233,8 @@ class CompiledGenerator:
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
         batch = input_ids.shape[0]
         # Extra rows (copies of the first) fill the batch up to its bucket; they are dropped from the outputs.
-        input_ids, attention_mask = (pad_rows(tensor, bucket_size(batch)) for tensor in (input_ids, attention_mask))
+        padded = bucket_size(batch, self.min_batch)
+        input_ids, attention_mask = (pad_rows(tensor, padded) for tensor in (input_ids, attention_mask))
         prompt_length = 1 if self.config.is_encoder_decoder else input_ids.shape[1]
         self.model.model.decoder.embed_positions.check_length(prompt_length + max_new_tokens - 1)  # learned: a limit
         if self.config.is_encoder_decoder:
@@ -241,8 +269,8 @@ class CompiledGenerator:
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
         bucket = self.bucket_for(rows, length + max_new_tokens, 0)
         for index, layer in enumerate(outputs.cache.layers):
-            bucket.step.keys[index, :, :, :length] = layer.keys
-            bucket.step.values[index, :, :, :length] = layer.values
+            getattr(bucket.step, f"keys_{index}")[:, :, :length] = layer.keys
+            getattr(bucket.step, f"values_{index}")[:, :, :length] = layer.values
         bucket.state["real_slots"].fill_(True)
         bucket.state["real_slots"][:, :length] = attention_mask.bool()
         bucket.state["padding"].copy_((length - attention_mask.sum(-1, keepdim=True)))
@@ -329,18 +357,20 @@ def pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def quantize(model: nn.Module, quantization: str) -> nn.Module:
-    """A copy of `model` whose decoder linear layers and output projection hold int8 weights (torchao): with
-    dynamically quantized int8 activations ("int8") or float activations ("int8-weight-only"). The encoder runs
-    once per batch and stays in float."""
+    """A copy of `model` whose decoder linear layers and output projection hold int8 weights and quantize their
+    activations to int8 on the fly (torchao's `Int8DynamicActivationInt8WeightConfig`; Inductor turns them into
+    oneDNN int8 matrix products). The encoder runs once per batch and stays in float.
+
+    Int8 weights with float activations (torchao's `Int8WeightOnlyConfig`) are not offered: frozen by Inductor, the
+    weights are converted back to float32 constants, so they decode no faster than float32 and less exactly."""
     try:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError as error:
         raise ImportError("int8 decoding needs torchao: pip install 'vaswani[torchao]'") from error
     model = copy.deepcopy(model)
     model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())  # untied: the embedding stays float
-    config = Int8DynamicActivationInt8WeightConfig() if quantization == "int8" else Int8WeightOnlyConfig()
     in_decoder = partial(is_decoder_linear, decoder=model.model.decoder, lm_head=model.lm_head)
-    quantize_(model, config, filter_fn=in_decoder)
+    quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=in_decoder)
     return model
 
 

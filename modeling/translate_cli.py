@@ -20,8 +20,8 @@ path.
 `--backend torch-compiled` decodes in PyTorch with a static cache and a decoding step compiled by `torch.compile`
 (`vaswani.modeling.compiled_generation`): the tokens of `--backend transformers` in float32, several times faster on
 a CPU once compiled. Each new shape (batch and source length, rounded up) compiles once, seconds to a minute on a
-CPU, and is cached on disk by PyTorch for later runs. `--compute-type int8` (or `int8-weight-only`) decodes with int8
-weights (torchao, `pip install 'vaswani[torchao]'`).
+CPU, and is cached on disk by PyTorch for later runs. `--compute-type int8` decodes with int8 weights and activations
+(torchao, `pip install 'vaswani[torchao]'`).
 """
 
 import argparse
@@ -85,7 +85,7 @@ class TransformersBackend:
 
 class TorchCompiledBackend(TransformersBackend):
     """`CompiledGenerator`: a static cache and a compiled decoding step, the same tokens as `generate()`'s in float32;
-    `quantization` "int8" or "int8-weight-only" decodes with torchao int8 weights."""
+    `quantization` "int8" decodes with torchao int8 weights and activations."""
 
     def __init__(self, model: str, device: str, quantization: str | None = None):
         super().__init__(model, device)
@@ -286,18 +286,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compute-type", default="default",
         help="CTranslate2: int8 (fastest on CPU), int8_float32, float16, ... Default: the folder's own. "
-        "torch-compiled: int8 or int8-weight-only (torchao). Default: float32.",
+        "torch-compiled: int8 (torchao). Default: float32.",
     )  # fmt: skip
     return parser.parse_args(argv)
 
 
 def torch_quantization(compute_type: str) -> str | None:
-    """`--compute-type` for `--backend torch-compiled`: default or float32 (None), int8, int8-weight-only."""
+    """`--compute-type` for `--backend torch-compiled`: default or float32 (None), or int8."""
     if compute_type in ("default", "float32"):
         return None
-    if compute_type not in ("int8", "int8-weight-only"):
-        raise InputError(f"--compute-type {compute_type}: --backend torch-compiled takes float32, int8 or "
-                         "int8-weight-only.")  # fmt: skip
+    if compute_type != "int8":
+        raise InputError(f"--compute-type {compute_type}: --backend torch-compiled takes float32 or int8.")
     return compute_type
 
 

@@ -2,6 +2,7 @@
 compilation per shape bucket, int8 close to float32, and `vaswani-translate --backend torch-compiled`."""
 
 import copy
+import importlib.util
 import sys
 from functools import partial
 
@@ -138,6 +139,9 @@ def test_inductor_compiled_step_equals_generate(copy_model):
     input_ids, attention_mask = example_inputs(model)
     expected = reference(model, input_ids, attention_mask, max_new_tokens=12)
     assert torch.equal(CompiledGenerator(model).generate(input_ids, attention_mask, max_new_tokens=12), expected)
+    if importlib.util.find_spec("torchao"):  # int8 compiles to other kernels (oneDNN's int8 products)
+        int8 = CompiledGenerator(model, quantization="int8").generate(input_ids, attention_mask, max_new_tokens=12)
+        assert int8.shape == expected.shape and (int8 == expected).float().mean() > 0.95
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -164,12 +168,11 @@ def test_rejects_views_that_do_not_generate_and_unknown_quantization():
 # ----------------------------------------------------------------------------------------------- int8
 
 
-@pytest.mark.parametrize("quantization", ["int8", "int8-weight-only"])
-def test_int8_agrees_with_float32_on_a_trained_model(copy_model, quantization):
+def test_int8_agrees_with_float32_on_a_trained_model(copy_model):
     pytest.importorskip("torchao")
     sources, attention_mask = copy_batch(copy_model, 32, torch.Generator().manual_seed(2))
     float32 = CompiledGenerator(copy_model, compile=False).generate(sources, attention_mask, max_new_tokens=9)
-    int8 = CompiledGenerator(copy_model, quantization=quantization, compile=False)
+    int8 = CompiledGenerator(copy_model, quantization="int8", compile=False)
     quantized = int8.generate(sources, attention_mask, max_new_tokens=9)
     real = attention_mask.bool()
     assert (float32[:, 1:9][real] == sources[real]).float().mean() > 0.8  # the model learned to copy: a real check
@@ -214,7 +217,7 @@ def test_translate_torch_compiled_compute_types(model_dir, tmp_path, monkeypatch
     monkeypatch.setattr(translate_cli, "CompiledGenerator", partial(CompiledGenerator, compile=False))
     options = ["--model", str(model_dir), "--backend", "torch-compiled", "--compute-type"]
     assert translate(tmp_path, SENTENCES, *options, "float16") == (2, [])
-    assert "--backend torch-compiled takes float32, int8 or int8-weight-only" in capsys.readouterr().err
+    assert "--backend torch-compiled takes float32 or int8" in capsys.readouterr().err
     with monkeypatch.context() as without_torchao:
         without_torchao.setitem(sys.modules, "torchao.quantization", None)  # import fails as if not installed
         assert translate(tmp_path, SENTENCES, *options, "int8") == (2, [])
