@@ -20,8 +20,8 @@ and 8. Tokens per second count batch x new tokens. Threads: `--threads` for PyTo
 for CTranslate2 (`intra_threads`, one translator replica), the same for all.
 
 `quality`: on a trained model, BLEU (sacrebleu) of the test split translated by `vaswani-translate`'s code path with
-each backend (generate(), CTranslate2 float32, CTranslate2 int8), and how often greedy CTranslate2 tokens equal
-greedy generate() tokens, sentence by sentence.
+each backend (generate(), CTranslate2 float32 and int8, torch-compiled float32 and int8), and how often each
+backend's greedy tokens equal generate()'s, sentence by sentence.
 
     python benchmarks/inference.py speed --size small --rounds 5 --threads 1
     python benchmarks/inference.py quality --model outputs/vaswani-en-es --num-beams 4 --length-penalty 0.6
@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from argparse import Namespace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -230,6 +231,7 @@ def report(seconds: dict, engines: list[str], args: Namespace, size) -> None:
 def quality(args: Namespace) -> None:
     import sacrebleu
 
+    from vaswani.modeling import translate_cli
     from vaswani.modeling.translate_cli import CTranslate2Backend, TransformersBackend, translate_lines
     from vaswani.training.corpus import load_parallel_corpus
 
@@ -245,6 +247,10 @@ def quality(args: Namespace) -> None:
             "CTranslate2 float32": CTranslate2Backend(args.model, "cpu", "default", threads=args.threads),
             "CTranslate2 int8": CTranslate2Backend(int8_dir, "cpu", "default", threads=args.threads),
         }
+        if args.eager_steps:  # the same steps, uncompiled: the same arithmetic without a compilation per shape
+            translate_cli.CompiledGenerator = partial(CompiledGenerator, compile=False)
+        backends["torch-compiled float32"] = translate_cli.TorchCompiledBackend(args.model, "cpu")
+        backends["torch-compiled int8"] = translate_cli.TorchCompiledBackend(args.model, "cpu", "int8")
         print(f"{len(sources)} sentences of the {args.split} split, {args.source_column} -> {args.target_column}\n")
         beam = f"beam {args.num_beams}, lp {args.length_penalty}"
         print(f"| backend | BLEU ({beam}) | chrF | seconds ({beam}) | greedy tokens equal to generate()'s |")
@@ -281,6 +287,9 @@ def parse_arguments(argv=None) -> Namespace:
     quality_parser.add_argument("--length-penalty", type=float, default=0.6)
     quality_parser.add_argument("--max-tokens", type=int, default=2048)
     quality_parser.add_argument("--max-examples", type=int)
+    quality_parser.add_argument(
+        "--eager-steps", action="store_true", help="Run the torch-compiled backends' steps uncompiled (no compile time)."
+    )
     for command in (speed_parser, quality_parser):
         command.add_argument("--threads", type=int, default=torch.get_num_threads())
     return parser.parse_args(argv)
