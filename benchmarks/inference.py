@@ -288,7 +288,7 @@ def parse_arguments(argv=None) -> Namespace:
     quality_parser.add_argument("--max-tokens", type=int, default=2048)
     quality_parser.add_argument("--max-examples", type=int)
     quality_parser.add_argument(
-        "--eager-steps", action="store_true", help="Run the torch-compiled backends' steps uncompiled (no compile time)."
+        "--eager-steps", action="store_true", help="Run the torch-compiled backends' steps uncompiled (no compiling)."
     )
     for command in (speed_parser, quality_parser):
         command.add_argument("--threads", type=int, default=torch.get_num_threads())

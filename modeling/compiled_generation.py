@@ -77,8 +77,9 @@ class StaticCacheDecoderStep(nn.Module):
         # Inductor copy the whole cache at every step.
         shape = (rows, self.heads, max_length, self.head_dim)
         for index in range(len(self.decoder.layers)):
-            self.register_buffer(f"keys_{index}", torch.zeros(shape, device=device, dtype=self.dtype), persistent=False)
-            self.register_buffer(f"values_{index}", torch.zeros(shape, device=device, dtype=self.dtype), persistent=False)
+            for kind in ("keys", "values"):
+                cache = torch.zeros(shape, device=device, dtype=self.dtype)
+                self.register_buffer(f"{kind}_{index}", cache, persistent=False)
         self.register_buffer("slots", torch.arange(max_length, device=device), persistent=False)
 
     def new_batch_state(self) -> dict[str, torch.Tensor]:
@@ -119,7 +120,8 @@ class StaticCacheDecoderStep(nn.Module):
         return self.lm_head(hidden_states[:, -1]).float()
 
     def caches(self) -> list[torch.Tensor]:
-        return [getattr(self, f"{kind}_{index}") for index in range(len(self.decoder.layers)) for kind in ("keys", "values")]
+        layers = range(len(self.decoder.layers))
+        return [getattr(self, f"{kind}_{index}") for index in layers for kind in ("keys", "values")]
 
     def self_attention(self, attention, index: int, cache_position, mask, hidden_states):
         query, key, value = attention.split_heads(attention.qkv_proj(hidden_states), 3)  # (rows, heads, 1, head_dim)
@@ -149,6 +151,7 @@ class Bucket:
     run: Callable
     state: dict[str, torch.Tensor]
 
+    inductor_options: dict = field(default_factory=dict)  # set while any call may compile
     warm: set = field(default_factory=set)  # the step's variants (greedy, beam) called once already
 
     def __call__(self, input_ids: torch.Tensor, slot: int, beam_rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -162,7 +165,7 @@ class Bucket:
             torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if variant in self.warm else nullcontext()
         )
         # Inductor reads `freezing` outside of `torch.compile(options=...)`'s patch: set while any call may compile.
-        with stance, torch._inductor.config.patch(CPU_INDUCTOR_OPTIONS):
+        with stance, torch._inductor.config.patch(self.inductor_options):
             logits = self.run(input_ids, position, **self.state, beam_rows=beam_rows)
         self.warm.add(variant)
         return logits
@@ -209,7 +212,8 @@ class CompiledGenerator:
             if self.device.type == "cuda":  # CUDA graphs replay on fixed addresses: these tensors never move
                 for tensor in (*step.buffers(), *state.values()):
                     torch._dynamo.mark_static_address(tensor)
-            self.buckets[key] = Bucket(step, self.compiled(step) if self.compile else step, state)
+            options = CPU_INDUCTOR_OPTIONS if self.device.type == "cpu" else {}
+            self.buckets[key] = Bucket(step, self.compiled(step) if self.compile else step, state, options)
         return self.buckets[key]
 
     def compiled(self, step: StaticCacheDecoderStep) -> nn.Module:

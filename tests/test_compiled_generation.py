@@ -69,7 +69,8 @@ def example_inputs(model):
 
 def padded_batch(model, batch: int = 3, length: int = 7, seed: int = 0):
     """Sources padded on the right (seq2seq) or prompts on the left (causal LM), one row shorter than the rest."""
-    input_ids = torch.randint(5, model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, model.config.vocab_size, (batch, length), generator=generator)
     attention_mask = torch.ones_like(input_ids)
     short = slice(0, 2) if not model.config.is_encoder_decoder else slice(length - 2, length)
     attention_mask[1, short] = 0
