@@ -18,8 +18,8 @@ model. A model saved again is converted again. `--compute-type int8` runs it qua
 path.
 
 `--backend torch-compiled` decodes in PyTorch with a static cache and a decoding step compiled by `torch.compile`
-(`vaswani.modeling.compiled_generation`): the tokens of `--backend transformers` in float32, several times faster on
-a CPU once compiled. Each new shape (batch and source length, rounded up) compiles once, seconds to a minute on a
+(`vaswani.modeling.compiled_generation`): the tokens of `--backend transformers` in float32, up to about twice as
+fast on a CPU once compiled. Each new shape (batch and source length, rounded up) compiles once, seconds to a minute on a
 CPU, and is cached on disk by PyTorch for later runs. `--compute-type int8` decodes with int8 weights and activations
 (torchao, `pip install 'vaswani[torchao]'`).
 """
