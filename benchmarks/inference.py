@@ -10,6 +10,8 @@ order rotates every round, so drift of a shared machine hits every engine alike)
 | `ours-ct2-float32/int8` | `VaswaniForConditionalGeneration` exported by `vaswani-export-ctranslate2`        |
 | `ours-generate`         | our `generate()`, dynamic cache (the default)                                    |
 | `ours-static-compiled`  | our `generate(cache_implementation="static")` with the forward `torch.compile`d   |
+| `ours-torch-compiled`   | `CompiledGenerator` (`--backend torch-compiled`): static cache, compiled step     |
+| `ours-torch-compiled-int8` | the same with torchao int8 weights and dynamic int8 activations (decoder)     |
 
 Both models are built by `benchmark.py` at the same size (weights from a fixed seed, tied embeddings, ReLU,
 post-LN, sinusoids); inputs are its fixed draw of source sentences (log-normal lengths, median 30 tokens); every
@@ -18,8 +20,8 @@ and 8. Tokens per second count batch x new tokens. Threads: `--threads` for PyTo
 for CTranslate2 (`intra_threads`, one translator replica), the same for all.
 
 `quality`: on a trained model, BLEU (sacrebleu) of the test split translated by `vaswani-translate`'s code path with
-each backend (generate(), CTranslate2 float32, CTranslate2 int8), and how often greedy CTranslate2 tokens equal
-greedy generate() tokens, sentence by sentence.
+each backend (generate(), CTranslate2 float32 and int8, torch-compiled float32 and int8), and how often each
+backend's greedy tokens equal generate()'s, sentence by sentence.
 
     python benchmarks/inference.py speed --size small --rounds 5 --threads 1
     python benchmarks/inference.py quality --model outputs/vaswani-en-es --num-beams 4 --length-penalty 0.6
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from argparse import Namespace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -43,11 +46,12 @@ import benchmark  # noqa: E402  (the sizes, models and inputs of the main benchm
 import ctranslate2  # noqa: E402
 from ctranslate2.converters.transformers import MarianMTLoader  # noqa: E402
 
+from vaswani.modeling.compiled_generation import CompiledGenerator  # noqa: E402
 from vaswani.modeling.ctranslate2_export import export_ctranslate2  # noqa: E402
 
 ENGINES = (
     "marian-generate", "marian-ct2-float32", "marian-ct2-int8", "ours-ct2-float32", "ours-ct2-int8", "ours-generate",
-    "ours-static-compiled",
+    "ours-static-compiled", "ours-torch-compiled", "ours-torch-compiled-int8",
 )  # fmt: skip
 SETTINGS = [(1, 1), (8, 1), (1, 4), (8, 4)]  # (batch, beams)
 RATIOS = [  # (numerator, denominator): > 1 when the first is faster
@@ -58,6 +62,11 @@ RATIOS = [  # (numerator, denominator): > 1 when the first is faster
     ("marian-ct2-int8", "marian-generate"),
     ("ours-generate", "marian-generate"),
     ("ours-static-compiled", "ours-generate"),
+    ("ours-torch-compiled", "ours-generate"),
+    ("ours-torch-compiled", "ours-ct2-float32"),
+    ("ours-torch-compiled", "ours-ct2-int8"),
+    ("ours-torch-compiled-int8", "ours-ct2-float32"),
+    ("ours-torch-compiled-int8", "ours-ct2-int8"),
 ]
 
 
@@ -101,6 +110,10 @@ def build_engines(size, workload, threads: int, workdir: Path, engines: list[str
     tokenizer.save_pretrained(workdir / "ours")
     built = {}
     for name in engines:
+        if name.startswith("ours-torch-compiled"):
+            quantization = name.removeprefix("ours-torch-compiled").removeprefix("-") or None
+            built[name] = compiled_engine(CompiledGenerator(ours, quantization=quantization), workload.new_tokens)
+            continue
         if name.endswith("generate") or name == "ours-static-compiled":
             model = marian if name.startswith("marian") else ours
             built[name] = generate_engine(model, workload.new_tokens, static=name == "ours-static-compiled")
@@ -124,6 +137,18 @@ def generate_engine(model, new_tokens: int, static: bool):
             config.compile_config = CompileConfig(fullgraph=True, dynamic=False, mode="default")
             config.compile_config._compile_all_devices = True  # transformers compiles on GPUs only unless told
         return benchmark.time_generation(model, inputs, config, torch.device("cpu"))
+
+    return run
+
+
+def compiled_engine(generator: CompiledGenerator, new_tokens: int):
+    def run(inputs: dict, beams: int) -> float:
+        start = time.perf_counter()
+        output = generator.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams)
+        elapsed = time.perf_counter() - start
+        if output.shape[1] != new_tokens + 1:  # + the decoder start token
+            raise RuntimeError(f"CompiledGenerator generated {output.shape[1] - 1} tokens, expected {new_tokens}.")
+        return elapsed
 
     return run
 
@@ -206,6 +231,7 @@ def report(seconds: dict, engines: list[str], args: Namespace, size) -> None:
 def quality(args: Namespace) -> None:
     import sacrebleu
 
+    from vaswani.modeling import translate_cli
     from vaswani.modeling.translate_cli import CTranslate2Backend, TransformersBackend, translate_lines
     from vaswani.training.corpus import load_parallel_corpus
 
@@ -221,6 +247,10 @@ def quality(args: Namespace) -> None:
             "CTranslate2 float32": CTranslate2Backend(args.model, "cpu", "default", threads=args.threads),
             "CTranslate2 int8": CTranslate2Backend(int8_dir, "cpu", "default", threads=args.threads),
         }
+        if args.eager_steps:  # the same steps, uncompiled: the same arithmetic without a compilation per shape
+            translate_cli.CompiledGenerator = partial(CompiledGenerator, compile=False)
+        backends["torch-compiled float32"] = translate_cli.TorchCompiledBackend(args.model, "cpu")
+        backends["torch-compiled int8"] = translate_cli.TorchCompiledBackend(args.model, "cpu", "int8")
         print(f"{len(sources)} sentences of the {args.split} split, {args.source_column} -> {args.target_column}\n")
         beam = f"beam {args.num_beams}, lp {args.length_penalty}"
         print(f"| backend | BLEU ({beam}) | chrF | seconds ({beam}) | greedy tokens equal to generate()'s |")
@@ -257,6 +287,9 @@ def parse_arguments(argv=None) -> Namespace:
     quality_parser.add_argument("--length-penalty", type=float, default=0.6)
     quality_parser.add_argument("--max-tokens", type=int, default=2048)
     quality_parser.add_argument("--max-examples", type=int)
+    quality_parser.add_argument(
+        "--eager-steps", action="store_true", help="Run the torch-compiled backends' steps uncompiled (no compiling)."
+    )
     for command in (speed_parser, quality_parser):
         command.add_argument("--threads", type=int, default=torch.get_num_threads())
     return parser.parse_args(argv)
