@@ -295,6 +295,19 @@ class CompiledGenerator:
                 break
         return torch.cat((prompt, torch.stack(tokens, 1)), 1)[:batch]
 
+    def initial_beams(self, prompt, num_beams: int, max_new_tokens: int):
+        """The running sequences (the prompt, then room for the new tokens), scores and beam indices of a search:
+        the beams start equal, so only the first one's continuations count."""
+        rows, prompt_length = prompt.shape
+        padded_batch = rows // num_beams
+        shape = (padded_batch, num_beams, prompt_length + max_new_tokens)
+        sequences = torch.full(shape, self.fill_token_id, device=self.device)
+        sequences[:, :, :prompt_length] = prompt.view(padded_batch, num_beams, prompt_length)
+        scores = torch.zeros(padded_batch, num_beams, device=self.device)
+        scores[:, 1:] = -1e9
+        indices = torch.full((padded_batch, num_beams, max_new_tokens), -1, dtype=torch.int32, device=self.device)
+        return sequences, scores, indices
+
     def beam_search(
         self, bucket, prompt, logits, slot: int, max_new_tokens: int, min_new_tokens: int, batch: int,
         num_beams: int, length_penalty: float,
@@ -306,18 +319,11 @@ class CompiledGenerator:
         padded_batch, max_length = rows // num_beams, prompt_length + max_new_tokens
         beams_to_keep = max(2, 1 + len(eos)) * num_beams
         top_num_beam_mask = torch.arange(beams_to_keep, device=self.device) < num_beams
-        running_sequences = torch.full((padded_batch, num_beams, max_length), self.fill_token_id, device=self.device)
-        running_sequences[:, :, :prompt_length] = prompt.view(padded_batch, num_beams, prompt_length)
-        sequences = running_sequences.clone()
-        running_scores = torch.zeros(padded_batch, num_beams, device=self.device)
-        running_scores[:, 1:] = -1e9  # the beams start equal: only the first one's continuations count
+        running_sequences, running_scores, running_beam_indices = self.initial_beams(prompt, num_beams, max_new_tokens)
+        sequences, beam_indices = running_sequences.clone(), running_beam_indices.clone()
         finished_scores = torch.full((padded_batch, num_beams), -1e9, device=self.device)
         is_sent_finished = torch.zeros(padded_batch, num_beams, dtype=torch.bool, device=self.device)
         can_improve = torch.ones(padded_batch, 1, dtype=torch.bool, device=self.device)
-        running_beam_indices = torch.full(
-            (padded_batch, num_beams, max_new_tokens), -1, dtype=torch.int32, device=self.device
-        )
-        beam_indices = running_beam_indices.clone()
         for cur_len in range(prompt_length, max_length):
             new_tokens = cur_len - prompt_length
             if new_tokens > 0:
