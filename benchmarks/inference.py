@@ -231,8 +231,9 @@ def report(seconds: dict, engines: list[str], args: Namespace, size) -> None:
 def quality(args: Namespace) -> None:
     import sacrebleu
 
-    from vaswani.modeling import translate_cli
-    from vaswani.modeling.translate_cli import CTranslate2Backend, TransformersBackend, translate_lines
+    from vaswani.modeling import translation_backends
+    from vaswani.modeling.translate_cli import translate_lines
+    from vaswani.modeling.translation_backends import CTranslate2Backend, TransformersBackend
     from vaswani.training.corpus import load_parallel_corpus
 
     torch.set_num_threads(args.threads)
@@ -248,9 +249,9 @@ def quality(args: Namespace) -> None:
             "CTranslate2 int8": CTranslate2Backend(int8_dir, "cpu", "default", threads=args.threads),
         }
         if args.eager_steps:  # the same steps, uncompiled: the same arithmetic without a compilation per shape
-            translate_cli.CompiledGenerator = partial(CompiledGenerator, compile=False)
-        backends["torch-compiled float32"] = translate_cli.TorchCompiledBackend(args.model, "cpu")
-        backends["torch-compiled int8"] = translate_cli.TorchCompiledBackend(args.model, "cpu", "int8")
+            translation_backends.CompiledGenerator = partial(CompiledGenerator, compile=False)
+        backends["torch-compiled float32"] = translation_backends.TorchCompiledBackend(args.model, "cpu")
+        backends["torch-compiled int8"] = translation_backends.TorchCompiledBackend(args.model, "cpu", "int8")
         print(f"{len(sources)} sentences of the {args.split} split, {args.source_column} -> {args.target_column}\n")
         beam = f"beam {args.num_beams}, lp {args.length_penalty}"
         print(f"| backend | BLEU ({beam}) | chrF | seconds ({beam}) | greedy tokens equal to generate()'s |")

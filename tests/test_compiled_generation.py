@@ -12,7 +12,7 @@ from torch._dynamo.testing import CompileCounter
 
 from conftest import corpus_tokenizer, tiny_config, tiny_model
 from vaswani import VaswaniForCausalLM, VaswaniForConditionalGeneration
-from vaswani.modeling import translate_cli
+from vaswani.modeling import translate_cli, translation_backends
 from vaswani.modeling.compiled_generation import CompiledGenerator
 
 VIEWS = [VaswaniForConditionalGeneration, VaswaniForCausalLM]
@@ -207,7 +207,7 @@ SENTENCES = ["Jesus wept.", "In the beginning God created the heavens and the ea
 @pytest.mark.parametrize("num_beams", ["1", "3"])
 def test_translate_backend_torch_compiled_gives_generates_translations(model_dir, tmp_path, monkeypatch, num_beams):
     # Compiling is tested above; here the command line's wiring, with the same steps run eagerly.
-    monkeypatch.setattr(translate_cli, "CompiledGenerator", partial(CompiledGenerator, compile=False))
+    monkeypatch.setattr(translation_backends, "CompiledGenerator", partial(CompiledGenerator, compile=False))
     options = ["--model", str(model_dir), "--num-beams", num_beams, "--batch-size", "2"]
     code, expected = translate(tmp_path, SENTENCES, *options)
     assert code == 0 and len(expected) == len(SENTENCES)
@@ -215,7 +215,7 @@ def test_translate_backend_torch_compiled_gives_generates_translations(model_dir
 
 
 def test_translate_torch_compiled_compute_types(model_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(translate_cli, "CompiledGenerator", partial(CompiledGenerator, compile=False))
+    monkeypatch.setattr(translation_backends, "CompiledGenerator", partial(CompiledGenerator, compile=False))
     options = ["--model", str(model_dir), "--backend", "torch-compiled", "--compute-type"]
     assert translate(tmp_path, SENTENCES, *options, "float16") == (2, [])
     assert "--backend torch-compiled takes float32 or int8" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import torch
 
 from conftest import corpus_tokenizer, tiny_model
 from vaswani import VaswaniForCausalLM, VaswaniForConditionalGeneration
-from vaswani.modeling import ctranslate2_export, translate_cli
+from vaswani.modeling import ctranslate2_export, translate_cli, translation_backends
 from vaswani.modeling.translate_cli import length_batches, main, source_pieces, token_budget_chunks
 
 SENTENCES = [
@@ -144,10 +144,10 @@ def test_a_saved_model_is_converted_again(model_dir, tokenizer, tmp_path):
     folder = tmp_path / "model"
     tiny_model(VaswaniForConditionalGeneration, tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    first = translate_cli.cached_conversion(folder)
+    first = translation_backends.cached_conversion(folder)
     tiny_model(VaswaniForConditionalGeneration, tokenizer, activation_function="gelu").save_pretrained(folder)
-    assert translate_cli.cached_conversion(folder) != first
-    assert translate_cli.cached_conversion(folder) == translate_cli.cached_conversion(folder)
+    assert translation_backends.cached_conversion(folder) != first
+    assert translation_backends.cached_conversion(folder) == translation_backends.cached_conversion(folder)
 
 
 @pytest.mark.parametrize("backend", ["transformers", "ctranslate2"])
