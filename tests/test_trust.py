@@ -188,6 +188,12 @@ def test_a_new_run_in_a_folder_with_another_runs_checkpoints_is_refused(two_step
         run(parse_arguments(argv(data, two_step_run, "--max-steps", "1")))
 
 
+def test_continuing_another_folders_checkpoint_in_a_folder_with_checkpoints_is_refused(two_step_run, data, tmp_path):
+    elsewhere = Path(shutil.copytree(two_step_run, tmp_path / "copy")) / "checkpoints" / "step-0000002"
+    with pytest.raises(InputError, match=f"holds the checkpoints of another run .*continuing {elsewhere} here"):
+        run(parse_arguments(argv(data, two_step_run, "--max-steps", "3", "--resume", str(elsewhere))))
+
+
 def test_resuming_an_older_checkpoint_of_the_folder_is_refused(two_step_run, data):
     older = two_step_run / "checkpoints" / "step-0000001"
     with pytest.raises(InputError, match="is not the newest checkpoint .*step-0000002 is"):

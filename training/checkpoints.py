@@ -361,19 +361,20 @@ def saved_run_definition(folder: Path) -> dict:
 
 
 def check_not_mixed(output_dir: str | Path, resume_from: Path | None) -> None:
-    """A run never mixes its checkpoints with another run's: a new run is refused in a folder that holds
-    checkpoints, and a resume from a checkpoint other than the newest (whose later ones it would overwrite or prune
-    in favour of its own) is refused too."""
+    """A run never mixes its checkpoints with another run's: a new run, or a resume from another folder's
+    checkpoint, is refused in a folder that holds checkpoints, and a resume from a checkpoint other than the newest
+    (whose later ones it would overwrite or prune in favour of its own) is refused too."""
     root = checkpoint_root(output_dir)
     existing = checkpoint_folders(root)
-    if resume_from is None and existing:
+    if existing and (resume_from is None or resume_from.resolve().parent != root.resolve()):
+        started = "a new run" if resume_from is None else f"continuing {resume_from} here"
         raise CheckpointError(
-            f"{root} holds the checkpoints of another run ({', '.join(folder.name for folder in existing)}): a new run "
-            "would mix its checkpoints with them. Resume that run with --resume latest, or give this run another "
-            "--output-dir."
+            f"{root} holds the checkpoints of another run ({', '.join(folder.name for folder in existing)}): "
+            f"{started} would mix its checkpoints with them. Resume that run with --resume latest, or give this run "
+            "another --output-dir."
         )
     later = [folder for folder in existing if resume_from is not None and folder.name > resume_from.name]
-    if later and resume_from.resolve().parent == root.resolve():
+    if later:
         raise CheckpointError(
             f"--resume {resume_from} is not the newest checkpoint of {root} ({later[-1].name} is): continuing from it "
             "would overwrite the later ones. Resume with --resume latest, or copy the checkpoint into a new "
