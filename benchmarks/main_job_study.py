@@ -52,9 +52,15 @@ def previous(**changes: str | None) -> list[str]:
     return recipe(PREVIOUS, **changes)
 
 
+def main_job(**changes: str | None) -> list[str]:
+    return recipe({}, **changes)
+
+
 # Equal time: steps scaled by the time per step relative to the reference's (measured with 2 threads).
 VARIANTS = {
     "main-job": ([], "the defaults: 2400 steps of 2048-token batches, lr 4e-3 decayed linearly to 0, no dropout"),
+    # The levers tried on the main job itself (issue 24), at about its training time unless they say otherwise.
+    "main-width-192": (main_job(d_model="192", ffn_dim="768", max_steps="1860"), "d_model 192, d_ff 768, equal time"),
     "reference": (reference(), "what each lever below changes: 1200 steps of 4096-token batches, lr 2e-3"),
     "dropout-0.1": (reference(dropout="0.1"), "the paper's dropout"),
     "inverse-sqrt": (reference(lr_scheduler="inverse_sqrt"), "the paper's schedule: no decay to 0 at the end"),
@@ -92,31 +98,47 @@ DECODED_FROM = "reference"
 DECODING = ("beams-1", "beams-8", "length-penalty-1.0")
 
 
-def command(name: str, output: Path) -> list[str]:
+def run_name(name: str, seed: int | None) -> str:
+    """A run's folder and log name: the variant's, with the seed when it is not the default."""
+    return name if seed is None else f"{name}-seed-{seed}"
+
+
+def command(name: str, output: Path, seed: int | None = None) -> list[str]:
     flags, _ = VARIANTS[name]
-    return [sys.executable, "-m", "vaswani.training", *COMMON, *flags, "--output-dir", str(output / name)]
+    seeded = [] if seed is None else ["--seed", str(seed)]
+    folder = output / run_name(name, seed)
+    return [sys.executable, "-m", "vaswani.training", *COMMON, *flags, *seeded, "--output-dir", str(folder)]
 
 
-def run_variant(name: str, output: Path, threads: int) -> dict:
+def run_variant(name: str, output: Path, threads: int, seed: int | None = None, machine: str = "") -> dict:
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    log = output / f"{name}.log"
+    folder = run_name(name, seed)
+    log = output / f"{folder}.log"
     started = time.perf_counter()
     with log.open("w") as log_file:
-        finished = subprocess.run(command(name, output), env=environment, stdout=log_file, stderr=subprocess.STDOUT)
+        finished = subprocess.run(
+            command(name, output, seed), env=environment, stdout=log_file, stderr=subprocess.STDOUT
+        )
     minutes = (time.perf_counter() - started) / 60
     if finished.returncode:
         return {"variant": name, "error": f"exit {finished.returncode}, see {log}"}
-    result = {"variant": name, "flags": " ".join(VARIANTS[name][0]), "wall_minutes": minutes, "threads": threads}
-    comparison = output / name / "warm_start_comparison.json"
+    result = {"variant": name, "flags": " ".join(VARIANTS[name][0]), "wall_minutes": minutes, "threads": threads,
+              "seed": parse_arguments(command(name, output, seed)[3:]).seed, "machine": machine}  # fmt: skip
+    comparison = output / folder / "warm_start_comparison.json"
     if comparison.exists():  # the warm-started model, timed without the from-scratch run it was compared with
         summary = json.loads(comparison.read_text())
         minutes -= summary["minutes"]["from-scratch"]
         metrics = summary["warm-started"]
         result["from_scratch_bleu"] = summary["from-scratch"]["bleu"]
     else:
-        metrics = json.loads((output / name / "model" / "all_results.json").read_text())
-    scores = {key: metrics[key] for key in ("bleu", "chrf", "validation_loss")}
+        metrics = json.loads((output / folder / "model" / "all_results.json").read_text())
+    scores = {key: metrics[key] for key in (*SCORES, *OPTIONAL_SCORES) if key in metrics}
     return {**result, **scores, "cpu_minutes": minutes * threads}
+
+
+SCORES = ("bleu", "chrf", "validation_loss")
+# Recorded since the test set became seven books (2,148 verses): sacrebleu's bootstrap interval and the loops.
+OPTIONAL_SCORES = ("bleu_ci95", "chrf_ci95", "looping_translations", "translated_examples")
 
 
 def decode_variants(names: list[str], output: Path, threads: int) -> list[dict]:
@@ -164,14 +186,16 @@ def record(result: dict, output: Path) -> None:
     print(json.dumps(result), file=sys.stderr, flush=True)
 
 
-def run_study(names: list[str], output: Path, jobs: int, threads: int) -> None:
+def run_study(
+    names: list[str], output: Path, jobs: int, threads: int, seeds: list[int | None] = (None,), machine: str = ""
+) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
-    def run_and_record(name: str) -> None:
-        record(run_variant(name, output, threads), output)
+    def run_and_record(run: tuple[str, int | None]) -> None:
+        record(run_variant(*run[:1], output, threads, seed=run[1], machine=machine), output)
 
     with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(run_and_record, names))
+        list(pool.map(run_and_record, [(name, seed) for name in names for seed in seeds]))
 
 
 def newest_results(output: Path) -> dict[str, dict]:
@@ -222,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="Runs at a time.")
     parser.add_argument("--threads", type=int, default=1, help="Threads per run (OMP_NUM_THREADS).")
     parser.add_argument("--output", type=Path, default=Path("runs/main-job-study"))
+    parser.add_argument("--seeds", help="Comma-separated --seed values, one run of each variant per seed "
+                        "(default: the variant's own seed, one run).")  # fmt: skip
+    parser.add_argument("--machine", default="", help="What else ran meanwhile, recorded with each run ('quiet', "
+                        "'shared: test suite'): the minutes mean little without it.")  # fmt: skip
     parser.add_argument("--list", action="store_true", help="Print each variant's command and purpose, run nothing.")
     parser.add_argument("--report", action="store_true", help="Print the table of the results so far, write the plot.")
     args = parser.parse_args(argv)
@@ -234,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.report:
         print(report(args.output))
     else:
-        run_study([name for name in names if name not in DECODING], args.output, args.jobs, args.threads)
+        seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
+        trained = [name for name in names if name not in DECODING]
+        run_study(trained, args.output, args.jobs, args.threads, seeds, args.machine)
         if decoding := [name for name in names if name in DECODING]:
             if DECODED_FROM not in newest_results(args.output):
                 needed = f"run --variants {DECODED_FROM}"
