@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -206,8 +207,74 @@ def newest_results(output: Path) -> dict[str, dict]:
 
 
 def report(output: Path) -> str:
-    """The results gathered so far (the newest line of each variant) as a Markdown table, and the plot."""
-    rows = sorted(newest_results(output).values(), key=lambda result: -result["bleu"])
+    """The results gathered so far as Markdown tables, and the plot: every run on today's test set (2,148 verses since
+    issue 24; those lines record `translated_examples`), each variant's mean over its seeds, and the newest line of
+    each variant measured on the old test set (217 verses), which does not compare with the others."""
+    lines = all_results(output)
+    runs = [result for result in lines if "translated_examples" in result]
+    old = {result["variant"]: result for result in lines if "translated_examples" not in result}
+    sections = [runs_table(runs), seeds_table(runs)] if runs else []
+    if old:
+        sections.append("Old test set (Esther, Philemon, Jude: 217 verses):\n\n" + old_split_table(old.values()))
+    summary = [mean_row(variant_runs) for variant_runs in by_variant(runs).values()]
+    plot(summary or list(old.values()), output / "bleu_vs_cpu_minutes.png")
+    return "\n\n".join(sections)
+
+
+def all_results(output: Path) -> list[dict]:
+    """Every successful line of OUTPUT/results.jsonl, in order."""
+    results = output / "results.jsonl"
+    lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.exists() else []
+    return [result for result in lines if "error" not in result]
+
+
+def by_variant(runs: list[dict]) -> dict[str, list[dict]]:
+    grouped = {}
+    for result in runs:
+        grouped.setdefault(result["variant"], []).append(result)
+    return grouped
+
+
+def runs_table(runs: list[dict]) -> str:
+    """One row a run: its seed, scores with sacreBLEU's interval, loops, minutes and what else ran meanwhile."""
+    table = ["| variant | flags | seed | test BLEU (95% CI) | chrF | validation loss | looping | threads "
+             "| wall minutes | machine |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for result in runs:
+        interval = "" if result.get("bleu_ci95") is None else f" ± {result['bleu_ci95']:.2f}"
+        table.append(
+            f"| {result['variant']} | `{result['flags'] or '(defaults)'}` | {result.get('seed', '-')} "
+            f"| {result['bleu']:.2f}{interval} | {result['chrf']:.2f} | {format_loss(result.get('validation_loss'))} "
+            f"| {result.get('looping_translations', '-')} | {result['threads']} | {result['wall_minutes']:.1f} "
+            f"| {result.get('machine') or '-'} |"
+        )
+    return "\n".join(table)
+
+
+def mean_row(runs: list[dict]) -> dict:
+    """A variant's runs in one row: means, and the BLEU's spread (sample standard deviation over seeds)."""
+    mean = {key: statistics.mean(result[key] for result in runs) for key in ("bleu", "chrf", "cpu_minutes")}
+    losses = [result["validation_loss"] for result in runs if result.get("validation_loss") is not None]
+    spread = statistics.stdev(result["bleu"] for result in runs) if len(runs) > 1 else None
+    return {**runs[0], **mean, "validation_loss": statistics.mean(losses) if losses else None, "bleu_spread": spread,
+            "runs": len(runs)}  # fmt: skip
+
+
+def seeds_table(runs: list[dict]) -> str:
+    """Each variant's mean over its runs (seeds), ranked by mean BLEU."""
+    rows = sorted((mean_row(variant_runs) for variant_runs in by_variant(runs).values()), key=lambda row: -row["bleu"])
+    table = ["| variant | runs | test BLEU, mean ± sd | chrF | validation loss | CPU-minutes |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row in rows:
+        spread = "" if row["bleu_spread"] is None else f" ± {row['bleu_spread']:.2f}"
+        table.append(
+            f"| {row['variant']} | {row['runs']} | {row['bleu']:.2f}{spread} | {row['chrf']:.2f} "
+            f"| {format_loss(row['validation_loss'])} | {row['cpu_minutes']:.1f} |"
+        )
+    return "\n".join(table)
+
+
+def old_split_table(results) -> str:
+    rows = sorted(results, key=lambda result: -result["bleu"])
     table = ["| variant | flags | test BLEU | chrF | validation loss | CPU-minutes | BLEU per CPU-hour |",
              "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for result in rows:
@@ -216,7 +283,6 @@ def report(output: Path) -> str:
             f"| {format_loss(result.get('validation_loss'))} | {result['cpu_minutes']:.1f} | "
             f"{60 * result['bleu'] / result['cpu_minutes']:.1f} |"
         )
-    plot(rows, output / "bleu_vs_cpu_minutes.png")
     return "\n".join(table)
 
 
@@ -229,12 +295,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
     figure = Figure(figsize=(7, 4.5))
     axes = figure.add_subplot()
-    for result in rows:
-        axes.scatter(result["cpu_minutes"], result["bleu"])
+    for result in rows:  # the bar: the BLEU's standard deviation over seeds, where a variant ran with several
+        axes.errorbar(result["cpu_minutes"], result["bleu"], yerr=result.get("bleu_spread"), fmt="o", capsize=3)
         axes.annotate(result["variant"], (result["cpu_minutes"], result["bleu"]), fontsize=7, xytext=(3, 3),
                       textcoords="offset points")  # fmt: skip
     axes.set(xlabel="CPU-minutes (wall minutes x threads, everything included)", ylabel="test BLEU",
-             title="Embedded corpus, en->es: test BLEU against CPU time")  # fmt: skip
+             title="Embedded corpus, en->es: test BLEU (mean over seeds) against CPU time")  # fmt: skip
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
