@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -52,9 +53,23 @@ def previous(**changes: str | None) -> list[str]:
     return recipe(PREVIOUS, **changes)
 
 
+def main_job(**changes: str | None) -> list[str]:
+    return recipe({}, **changes)
+
+
 # Equal time: steps scaled by the time per step relative to the reference's (measured with 2 threads).
 VARIANTS = {
-    "main-job": ([], "the defaults: 2400 steps of 2048-token batches, lr 4e-3 decayed linearly to 0, no dropout"),
+    "main-job": ([], "the defaults: 2700 steps of 2048-token batches, lr 4e-3 decayed linearly to 0, no dropout"),
+    # The levers tried on the main job itself (issue 24), on the 2,148-verse test set.
+    "main-job-2400": (main_job(max_steps="2400"), "the main job before issue 24: 2400 steps"),
+    "main-width-192": (
+        main_job(d_model="192", ffn_dim="768", max_steps="1860"), "main-job-2400, d_model 192 and d_ff 768, equal time"
+    ),
+    "main-width-192-lr-2e-3": (
+        main_job(d_model="192", ffn_dim="768", max_steps="1900", learning_rate="2e-3"),
+        "the main job, d_model 192 and d_ff 768 at the reference's lr 2e-3, equal time",
+    ),
+    "main-smoothing-0": (main_job(label_smoothing="0"), "the main job without label smoothing"),
     "reference": (reference(), "what each lever below changes: 1200 steps of 4096-token batches, lr 2e-3"),
     "dropout-0.1": (reference(dropout="0.1"), "the paper's dropout"),
     "inverse-sqrt": (reference(lr_scheduler="inverse_sqrt"), "the paper's schedule: no decay to 0 at the end"),
@@ -92,31 +107,47 @@ DECODED_FROM = "reference"
 DECODING = ("beams-1", "beams-8", "length-penalty-1.0")
 
 
-def command(name: str, output: Path) -> list[str]:
+def run_name(name: str, seed: int | None) -> str:
+    """A run's folder and log name: the variant's, with the seed when it is not the default."""
+    return name if seed is None else f"{name}-seed-{seed}"
+
+
+def command(name: str, output: Path, seed: int | None = None) -> list[str]:
     flags, _ = VARIANTS[name]
-    return [sys.executable, "-m", "vaswani.training", *COMMON, *flags, "--output-dir", str(output / name)]
+    seeded = [] if seed is None else ["--seed", str(seed)]
+    folder = output / run_name(name, seed)
+    return [sys.executable, "-m", "vaswani.training", *COMMON, *flags, *seeded, "--output-dir", str(folder)]
 
 
-def run_variant(name: str, output: Path, threads: int) -> dict:
+def run_variant(name: str, output: Path, threads: int, seed: int | None = None, machine: str = "") -> dict:
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    log = output / f"{name}.log"
+    folder = run_name(name, seed)
+    log = output / f"{folder}.log"
     started = time.perf_counter()
     with log.open("w") as log_file:
-        finished = subprocess.run(command(name, output), env=environment, stdout=log_file, stderr=subprocess.STDOUT)
+        finished = subprocess.run(
+            command(name, output, seed), env=environment, stdout=log_file, stderr=subprocess.STDOUT
+        )
     minutes = (time.perf_counter() - started) / 60
     if finished.returncode:
         return {"variant": name, "error": f"exit {finished.returncode}, see {log}"}
-    result = {"variant": name, "flags": " ".join(VARIANTS[name][0]), "wall_minutes": minutes, "threads": threads}
-    comparison = output / name / "warm_start_comparison.json"
+    result = {"variant": name, "flags": " ".join(VARIANTS[name][0]), "wall_minutes": minutes, "threads": threads,
+              "seed": parse_arguments(command(name, output, seed)[3:]).seed, "machine": machine}  # fmt: skip
+    comparison = output / folder / "warm_start_comparison.json"
     if comparison.exists():  # the warm-started model, timed without the from-scratch run it was compared with
         summary = json.loads(comparison.read_text())
         minutes -= summary["minutes"]["from-scratch"]
         metrics = summary["warm-started"]
         result["from_scratch_bleu"] = summary["from-scratch"]["bleu"]
     else:
-        metrics = json.loads((output / name / "model" / "all_results.json").read_text())
-    scores = {key: metrics[key] for key in ("bleu", "chrf", "validation_loss")}
+        metrics = json.loads((output / folder / "model" / "all_results.json").read_text())
+    scores = {key: metrics[key] for key in (*SCORES, *OPTIONAL_SCORES) if key in metrics}
     return {**result, **scores, "cpu_minutes": minutes * threads}
+
+
+SCORES = ("bleu", "chrf", "validation_loss")
+# Recorded since the test set became seven books (2,148 verses): sacrebleu's bootstrap interval and the loops.
+OPTIONAL_SCORES = ("bleu_ci95", "chrf_ci95", "looping_translations", "translated_examples")
 
 
 def decode_variants(names: list[str], output: Path, threads: int) -> list[dict]:
@@ -164,14 +195,16 @@ def record(result: dict, output: Path) -> None:
     print(json.dumps(result), file=sys.stderr, flush=True)
 
 
-def run_study(names: list[str], output: Path, jobs: int, threads: int) -> None:
+def run_study(
+    names: list[str], output: Path, jobs: int, threads: int, seeds: list[int | None] = (None,), machine: str = ""
+) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
-    def run_and_record(name: str) -> None:
-        record(run_variant(name, output, threads), output)
+    def run_and_record(run: tuple[str, int | None]) -> None:
+        record(run_variant(*run[:1], output, threads, seed=run[1], machine=machine), output)
 
     with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(run_and_record, names))
+        list(pool.map(run_and_record, [(name, seed) for name in names for seed in seeds]))
 
 
 def newest_results(output: Path) -> dict[str, dict]:
@@ -182,8 +215,74 @@ def newest_results(output: Path) -> dict[str, dict]:
 
 
 def report(output: Path) -> str:
-    """The results gathered so far (the newest line of each variant) as a Markdown table, and the plot."""
-    rows = sorted(newest_results(output).values(), key=lambda result: -result["bleu"])
+    """The results gathered so far as Markdown tables, and the plot: every run on today's test set (2,148 verses since
+    issue 24; those lines record `translated_examples`), each variant's mean over its seeds, and the newest line of
+    each variant measured on the old test set (217 verses), which does not compare with the others."""
+    lines = all_results(output)
+    runs = [result for result in lines if "translated_examples" in result]
+    old = {result["variant"]: result for result in lines if "translated_examples" not in result}
+    sections = [runs_table(runs), seeds_table(runs)] if runs else []
+    if old:
+        sections.append("Old test set (Esther, Philemon, Jude: 217 verses):\n\n" + old_split_table(old.values()))
+    summary = [mean_row(variant_runs) for variant_runs in by_variant(runs).values()]
+    plot(summary or list(old.values()), output / "bleu_vs_cpu_minutes.png")
+    return "\n\n".join(sections)
+
+
+def all_results(output: Path) -> list[dict]:
+    """Every successful line of OUTPUT/results.jsonl, in order."""
+    results = output / "results.jsonl"
+    lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.exists() else []
+    return [result for result in lines if "error" not in result]
+
+
+def by_variant(runs: list[dict]) -> dict[str, list[dict]]:
+    grouped = {}
+    for result in runs:
+        grouped.setdefault(result["variant"], []).append(result)
+    return grouped
+
+
+def runs_table(runs: list[dict]) -> str:
+    """One row a run: its seed, scores with sacreBLEU's interval, loops, minutes and what else ran meanwhile."""
+    table = ["| variant | flags | seed | test BLEU (95% CI) | chrF | validation loss | looping | threads "
+             "| wall minutes | machine |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for result in runs:
+        interval = "" if result.get("bleu_ci95") is None else f" ± {result['bleu_ci95']:.2f}"
+        table.append(
+            f"| {result['variant']} | `{result['flags'] or '(defaults)'}` | {result.get('seed', '-')} "
+            f"| {result['bleu']:.2f}{interval} | {result['chrf']:.2f} | {format_loss(result.get('validation_loss'))} "
+            f"| {result.get('looping_translations', '-')} | {result['threads']} | {result['wall_minutes']:.1f} "
+            f"| {result.get('machine') or '-'} |"
+        )
+    return "\n".join(table)
+
+
+def mean_row(runs: list[dict]) -> dict:
+    """A variant's runs in one row: means, and the BLEU's spread (sample standard deviation over seeds)."""
+    mean = {key: statistics.mean(result[key] for result in runs) for key in ("bleu", "chrf", "cpu_minutes")}
+    losses = [result["validation_loss"] for result in runs if result.get("validation_loss") is not None]
+    spread = statistics.stdev(result["bleu"] for result in runs) if len(runs) > 1 else None
+    return {**runs[0], **mean, "validation_loss": statistics.mean(losses) if losses else None, "bleu_spread": spread,
+            "runs": len(runs)}  # fmt: skip
+
+
+def seeds_table(runs: list[dict]) -> str:
+    """Each variant's mean over its runs (seeds), ranked by mean BLEU."""
+    rows = sorted((mean_row(variant_runs) for variant_runs in by_variant(runs).values()), key=lambda row: -row["bleu"])
+    table = ["| variant | runs | test BLEU, mean ± sd | chrF | validation loss | CPU-minutes |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row in rows:
+        spread = "" if row["bleu_spread"] is None else f" ± {row['bleu_spread']:.2f}"
+        table.append(
+            f"| {row['variant']} | {row['runs']} | {row['bleu']:.2f}{spread} | {row['chrf']:.2f} "
+            f"| {format_loss(row['validation_loss'])} | {row['cpu_minutes']:.1f} |"
+        )
+    return "\n".join(table)
+
+
+def old_split_table(results) -> str:
+    rows = sorted(results, key=lambda result: -result["bleu"])
     table = ["| variant | flags | test BLEU | chrF | validation loss | CPU-minutes | BLEU per CPU-hour |",
              "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for result in rows:
@@ -192,7 +291,6 @@ def report(output: Path) -> str:
             f"| {format_loss(result.get('validation_loss'))} | {result['cpu_minutes']:.1f} | "
             f"{60 * result['bleu'] / result['cpu_minutes']:.1f} |"
         )
-    plot(rows, output / "bleu_vs_cpu_minutes.png")
     return "\n".join(table)
 
 
@@ -205,12 +303,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
     figure = Figure(figsize=(7, 4.5))
     axes = figure.add_subplot()
-    for result in rows:
-        axes.scatter(result["cpu_minutes"], result["bleu"])
+    for result in rows:  # the bar: the BLEU's standard deviation over seeds, where a variant ran with several
+        axes.errorbar(result["cpu_minutes"], result["bleu"], yerr=result.get("bleu_spread"), fmt="o", capsize=3)
         axes.annotate(result["variant"], (result["cpu_minutes"], result["bleu"]), fontsize=7, xytext=(3, 3),
                       textcoords="offset points")  # fmt: skip
     axes.set(xlabel="CPU-minutes (wall minutes x threads, everything included)", ylabel="test BLEU",
-             title="Embedded corpus, en->es: test BLEU against CPU time")  # fmt: skip
+             title="Embedded corpus, en->es: test BLEU (mean over seeds) against CPU time")  # fmt: skip
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -222,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="Runs at a time.")
     parser.add_argument("--threads", type=int, default=1, help="Threads per run (OMP_NUM_THREADS).")
     parser.add_argument("--output", type=Path, default=Path("runs/main-job-study"))
+    parser.add_argument("--seeds", help="Comma-separated --seed values, one run of each variant per seed "
+                        "(default: the variant's own seed, one run).")  # fmt: skip
+    parser.add_argument("--machine", default="", help="What else ran meanwhile, recorded with each run ('quiet', "
+                        "'shared: test suite'): the minutes mean little without it.")  # fmt: skip
     parser.add_argument("--list", action="store_true", help="Print each variant's command and purpose, run nothing.")
     parser.add_argument("--report", action="store_true", help="Print the table of the results so far, write the plot.")
     args = parser.parse_args(argv)
@@ -234,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.report:
         print(report(args.output))
     else:
-        run_study([name for name in names if name not in DECODING], args.output, args.jobs, args.threads)
+        seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
+        trained = [name for name in names if name not in DECODING]
+        run_study(trained, args.output, args.jobs, args.threads, seeds, args.machine)
         if decoding := [name for name in names if name in DECODING]:
             if DECODED_FROM not in newest_results(args.output):
                 needed = f"run --variants {DECODED_FROM}"

@@ -91,7 +91,9 @@ def test_report_ranks_the_newest_result_of_each_variant_and_plots(study, tmp_pat
         {"variant": "depth-3", "error": "exit 1"},
     ]  # fmt: skip
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(result) + "\n" for result in results))
-    table = study.report(tmp_path).splitlines()
+    heading, table = study.report(tmp_path).split("\n\n")
+    table = table.splitlines()
+    assert heading.startswith("Old test set")
     assert [row.split("|")[1].strip() for row in table[2:]] == ["lr-1e-3", "reference"]
     assert "| 10.00 |" in table[3] and "66.7" in table[3]  # the newer reference; 60 * 10 / 9 BLEU per CPU-hour
     assert (tmp_path / "bleu_vs_cpu_minutes.png").stat().st_size > 0
@@ -101,3 +103,21 @@ def test_decoding_variants_without_a_reference_run_are_refused_by_name(study, tm
     with pytest.raises(SystemExit):
         study.main(["--variants", "beams-8", "--output", str(tmp_path)])
     assert "beams-8 decode the reference run's model: run --variants reference" in capsys.readouterr().err
+
+
+def test_report_gives_each_run_with_its_interval_and_each_variant_its_mean_over_seeds(study, tmp_path):
+    run = {"flags": "--d-model 192", "chrf": 40.0, "validation_loss": 2.5, "cpu_minutes": 20.0, "wall_minutes": 10.0,
+           "threads": 2, "translated_examples": 2148, "looping_translations": 30, "machine": "quiet"}  # fmt: skip
+    results = [
+        {**run, "variant": "main-width-192", "seed": 42, "bleu": 19.0, "bleu_ci95": 0.61},
+        {**run, "variant": "main-width-192", "seed": 1, "bleu": 21.0, "bleu_ci95": 0.63},
+        {**run, "variant": "main-job", "flags": "", "seed": 42, "bleu": 18.0, "bleu_ci95": 0.6},
+        {"variant": "main-job", "flags": "", "bleu": 18.44, "chrf": 38.8, "validation_loss": 2.7, "cpu_minutes": 19.8},
+    ]  # fmt: skip
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(result) + "\n" for result in results))
+    runs, means, old = study.report(tmp_path).split("\n\n", 2)
+    assert "| main-width-192 | `--d-model 192` | 1 | 21.00 ± 0.63 | 40.00 | 2.500 | 30 | 2 | 10.0 | quiet |" in runs
+    ranked = [line.split("|")[1:4] for line in means.splitlines()[2:]]
+    assert [[cell.strip() for cell in row] for row in ranked] == [["main-width-192", "2", "20.00 ± 1.41"],
+                                                                  ["main-job", "1", "18.00"]]  # fmt: skip
+    assert old.startswith("Old test set") and "| 18.44 |" in old  # measured on 217 verses: kept apart

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import sacrebleu
 import torch
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
@@ -27,7 +28,7 @@ from vaswani.training.batching import (
     padding_fraction,
 )
 from vaswani.training.corpus import load_parallel_corpus
-from vaswani.training.evaluation import loops
+from vaswani.training.evaluation import corpus_scores, loops
 from vaswani.training.build import tokenizer_training_data
 from vaswani.training.checkpoints import TrainingState
 from vaswani.training.run import run
@@ -283,11 +284,29 @@ def test_validation_bleu_is_tracked_and_reported_with_its_sacrebleu_signature(tm
                            "--eval-bleu-steps", "2", "--eval-bleu-examples", "3"))  # fmt: skip
     assert [("bleu" in entry, "chrf" in entry) for entry in result.state.eval_log] == [(False, False), (True, True)] * 2
     signature = result.metrics["bleu_signature"]
-    assert signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.")
-    assert json.loads((result.model_dir / "all_results.json").read_text())["bleu_signature"] == signature
+    assert signature.startswith("nrefs:1|") and "|case:mixed|eff:no|tok:13a|smooth:exp|version:2." in signature
+    saved = json.loads((result.model_dir / "all_results.json").read_text())
+    assert saved["bleu_signature"] == signature and saved["bleu_ci95"] == result.metrics["bleu_ci95"]
+    # The test score's bootstrap interval, named in the signature; a 4-step model's translations match too few words
+    # for sacrebleu to average its resamples, and then no interval is claimed.
+    assert ("|bs:1000|seed:12345|" in signature) == (saved["bleu_ci95"] is not None)
     card = (result.model_dir / "README.md").read_text()
     assert signature.replace("|", "\\|") in card  # escaped, so that it stays one cell of the results table
     assert 0 <= result.metrics["looping_translations"] <= result.metrics["translated_examples"]
+
+
+def test_the_bleu_interval_is_sacrebleus_bootstrap_and_narrows_with_more_sentences():
+    references = ["Y dijo Dios: Sea la luz.", "Y fué la luz.", "Y vió Dios que la luz era buena.", "En el principio."]
+    hypotheses = ["Y dijo Dios: Sea la luz.", "Y la luz fué.", "Y Dios vió la luz buena.", "Al principio."]
+    scores = corpus_scores(hypotheses * 25, references * 25, confidence=True)
+    expected = sacrebleu.BLEU().corpus_score(hypotheses * 25, [references * 25], n_bootstrap=1000)
+    assert f"{scores['bleu']:.2f} (μ = {scores['bleu_bootstrap_mean']:.2f} ± {scores['bleu_ci95']:.2f})" in str(expected)
+    assert scores["bleu_ci95"] > 0 and scores["chrf_ci95"] > 0
+    four_times_larger = corpus_scores(hypotheses * 100, references * 100, confidence=True)
+    assert four_times_larger["bleu_ci95"] == pytest.approx(scores["bleu_ci95"] / 2, rel=0.3)  # 1 / sqrt(n)
+    assert "bleu_ci95" not in corpus_scores(hypotheses, references)  # only when asked: it costs 1000 rescorings
+    nothing_matches = corpus_scores(["uno dos"] * 4, references, signatures=True, confidence=True)
+    assert nothing_matches["bleu_ci95"] is None and "bs:" not in nothing_matches["bleu_signature"]
 
 
 @pytest.mark.parametrize(

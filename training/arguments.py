@@ -101,7 +101,7 @@ class TrainArguments:
     )
 
     # Optimisation
-    max_steps: int = field(default=2400, metadata={"help": "Optimiser steps."})
+    max_steps: int = field(default=2700, metadata={"help": "Optimiser steps."})
     batch_size: int | None = field(
         default=None,
         metadata={
