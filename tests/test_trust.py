@@ -304,3 +304,34 @@ def test_a_full_disk_while_exporting_is_one_line_naming_the_file(data, tmp_path,
     message = capsys.readouterr().err
     assert "vaswani-train: error: [Errno 28] No space left on device" in message and ".model.tmp" in message
     assert "Traceback" not in message and not (tmp_path / "out" / ".model.tmp").exists()  # nothing half-written
+
+
+# ----------------------------------------------------------------------------------------------- the writers
+
+
+def test_atomic_writes_replace_links_instead_of_following_them_and_name_what_is_in_the_way(tmp_path):
+    from vaswani.configuration.files import temporary_name, temporary_sibling, write_atomically
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    target = tmp_path / "out" / "log.json"
+    target.parent.mkdir()
+    target.symlink_to(outside)
+    temporary_name(target).symlink_to(outside)  # a link planted where the new version is first written
+    write_atomically(target, "new")
+    assert outside.read_text() == "keep me" and not target.is_symlink() and target.read_text() == "new"
+    (tmp_path / "out" / "folder.json").mkdir()
+    with pytest.raises(InputError, match="folder.json is a folder where a file is to be written"):
+        write_atomically(tmp_path / "out" / "folder.json", "x")
+    (tmp_path / "out" / "blocking").write_text("a file")
+    with pytest.raises(InputError, match="blocking is a file where a folder is to be made"):
+        temporary_sibling(tmp_path / "out" / "blocking" / "model")
+
+
+def test_a_lock_file_that_cannot_be_opened_is_named(tmp_path):
+    from vaswani.training.output_folder import take_lock
+
+    (tmp_path / LOCK_FILE).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match=f"Cannot open the lock file {tmp_path / LOCK_FILE}"):
+        take_lock(tmp_path / LOCK_FILE)
+    assert not (tmp_path / "elsewhere").exists()
