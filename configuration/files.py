@@ -98,7 +98,7 @@ def replacing_folder(folder: str | Path) -> Iterator[Path]:
     try:
         yield temporary
     except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
+        remove_path(temporary)
         raise
     replace_folder(temporary, folder)
 

@@ -17,6 +17,7 @@ import torch
 from transformers import HfArgumentParser, SchedulerType
 
 from vaswani.configuration.errors import InputError
+from vaswani.training.output_folder import check_output_folder
 from vaswani.training.presets import PRESETS, preset_defaults
 
 OBJECTIVES = ("seq2seq", "mlm", "clm")
@@ -306,8 +307,7 @@ class TrainArguments:
             )
 
     def check_paths(self) -> None:
-        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
-            raise InputError(f"--output-dir {self.output_dir} is a file; name a folder (it is created if missing).")
+        check_output_folder(Path(self.output_dir))  # also checked again when the run takes the folder's lock
         for name, required in (("tokenizer", "tokenizer.json"), ("init_model", "config.json"),
                                ("init_encoder", "config.json"), ("init_decoder", "config.json")):  # fmt: skip
             check_local_or_hub(flag(name), getattr(self, name), required)

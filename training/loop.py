@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import send_to_device, set_seed
+from accelerate.utils import extract_model_from_parallel, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -118,7 +118,7 @@ def recipe_loss(model, batch: dict, num_items_in_batch, label_smoothing: float) 
     # The collator built the decoder inputs from the labels already (seq2seq); a causal LM's position i predicts
     # token i + 1, so its labels are shifted as the model's own loss shifts them.
     logits = model(**{name: value for name, value in batch.items() if name != "labels"}).logits
-    config = getattr(model, "module", model).config
+    config = extract_model_from_parallel(model).config
     if config.is_decoder and not config.is_encoder_decoder:
         logits, labels = logits[:, :-1], labels[:, 1:]
     return token_cross_entropy(logits, labels, label_smoothing, num_items_in_batch)
