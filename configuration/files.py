@@ -113,8 +113,10 @@ def safetensors_problem(path: str | Path) -> str | None:
         return str(error)
 
 
-# transformers' and torch's pickled weights; not CTranslate2's `model.bin`, which is its own format.
-PICKLE_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+# Formats that torch.load or pickle read by running the code they hold: whoever loads one runs its author's code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# Weights in those formats: transformers' and torch's, but not CTranslate2's `model.bin`, which is its own format.
+PICKLE_WEIGHTS = ("pytorch_model*.bin", *(f"*{suffix}" for suffix in PICKLE_SUFFIXES if suffix != ".bin"))
 
 
 def weights_problem(folder: str | Path) -> str | None:

@@ -33,7 +33,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 
 from vaswani.configuration.errors import InputError
-from vaswani.configuration.files import safetensors_problem
+from vaswani.configuration.files import PICKLE_SUFFIXES, safetensors_problem
 
 # The base class of the errors of huggingface_hub's HTTP library (httpx; httpx2 since 2.0), which it raises as they
 # are for a Hub it cannot reach.
@@ -56,8 +56,6 @@ EXPORT_FILES = frozenset({
     "tokenizer.json", TOKENIZER_FILE, "special_tokens_map.json", "chat_template.jinja",
     CARD_FILE, "all_results.json", "training_args.json",
 })  # fmt: skip
-# Formats that torch.load or pickle read by running the code they hold: whoever loads one runs its author's code.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
 CARD_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)")
 
