@@ -1,4 +1,6 @@
-"""Token-count batching (`--max-tokens`), as fairseq, OpenNMT and Marian batch and as the paper did (§5.1).
+"""How examples become batches: token-count batching (`--max-tokens`), as fairseq, OpenNMT and Marian batch and as
+the paper did (§5.1); sentence batches grouped by length (`--batch-size`); the batches of a stream (`StreamBatches`,
+--streaming); and the DataLoaders of training and evaluation over them.
 
 A batch holds as many examples of similar length as fit `max_tokens` padded tokens on each side: an example's size
 is the longer of its source and target (its block length for mlm/clm), and a batch of n examples whose largest
@@ -215,7 +217,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
 
     The stream is cut into pools of `pool_size` examples; each pool is sorted by size and cut into batches of
     `batch_size` examples, or packed into batches of at most `max_tokens` padded tokens per side (as
-    `batching.pack`), and its batches are shuffled, so that a batch holds examples of similar length (less padding)
+    `pack`), and its batches are shuffled, so that a batch holds examples of similar length (less padding)
     but the batch order stays random. The examples left over by a pool's batches of `batch_size` join the next pool;
     those of the epoch's last pool are dropped. Everything is drawn from (seed, epoch): the same epoch gives the same
     batches, and `skip` (set before iterating) drops the first ones without collating them, for a resume.
