@@ -225,11 +225,19 @@ def launch(arguments: list[str]) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def run_to_the_end(arguments: list[str]) -> int:
+    process = launch(arguments)
+    process.communicate(timeout=300)
+    return process.returncode
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_at_a_random_step_saves_it_and_a_resume_equals_the_uninterrupted_run(stop, data, tmp_path):
+    """Every run in a fresh process of its own: the test worker's process carries global torch settings that other
+    tests in it may have changed, and the comparison is exact."""
     options = [*TINY_RUN, *data, "--max-steps", "200", "--save-steps", "1000", "--dropout", "0.1"]
-    assert main([*options, "--output-dir", str(tmp_path / "whole")]) == 0
+    assert run_to_the_end([*options, "--output-dir", str(tmp_path / "whole")]) == 0
     process = launch([*options, "--output-dir", str(tmp_path / "stopped")])
     for line in process.stdout:
         if line.startswith("Batch per step"):
@@ -240,7 +248,7 @@ def test_a_signal_at_a_random_step_saves_it_and_a_resume_equals_the_uninterrupte
     assert process.returncode == 128 + stop, stderr[-2000:]
     assert f"stopped by {stop.name} at step" in stderr and "of 200" in stderr and "--resume latest" in stderr
     assert "Traceback" not in stderr
-    assert main([*options, "--output-dir", str(tmp_path / "stopped"), "--resume", "latest"]) == 0
+    assert run_to_the_end([*options, "--output-dir", str(tmp_path / "stopped"), "--resume", "latest"]) == 0
     whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
     resumed = load_file(tmp_path / "stopped" / "model" / "model.safetensors")
     assert all(torch.equal(resumed[name], weight) for name, weight in whole.items())
