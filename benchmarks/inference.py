@@ -11,7 +11,7 @@ order rotates every round, so drift of a shared machine hits every engine alike)
 | `ours-generate`         | our `generate()`, dynamic cache (the default)                                    |
 | `ours-static-compiled`  | our `generate(cache_implementation="static")` with the forward `torch.compile`d   |
 | `ours-torch-compiled`   | `CompiledGenerator` (`--backend torch-compiled`): static cache, compiled step     |
-| `ours-torch-compiled-int8` | the same with torchao int8 weights and dynamic int8 activations (decoder)     |
+| `ours-torch-compiled-int8` | the same with int8 weights, bfloat16 activations (decoder, output projection)   |
 
 Both models are built by `benchmark.py` at the same size (weights from a fixed seed, tied embeddings, ReLU,
 post-LN, sinusoids); inputs are its fixed draw of source sentences (log-normal lengths, median 30 tokens); every

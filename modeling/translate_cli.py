@@ -34,11 +34,10 @@ A backend (`translation_backends.py`) has `translate(sources, num_beams, length_
 hypothesis); what it offers beyond that it lists in `features` (`search()` for n-best lists, target prefixes and sampling; `score()`), and an
 option that needs a feature the chosen backend lacks is refused in one line.
 
-`--backend torch-compiled` decodes in PyTorch with a static cache and a decoding step compiled by `torch.compile`
-(`vaswani.modeling.compiled_generation`): the tokens of `--backend transformers` in float32, up to about twice as
-fast on a CPU once compiled. Each new shape (batch and source length, rounded up) compiles once, seconds to a
-minute on a CPU, and is cached on disk by PyTorch for later runs. `--compute-type int8` decodes with int8 weights and activations
-(torchao, `pip install 'vaswani[torchao]'`).
+`--backend torch-compiled` decodes in PyTorch with a static cache and a compiled decoding step
+(`vaswani.modeling.compiled_generation`): the tokens of `--backend transformers` in float32, several times as fast on
+a CPU once compiled. On a CPU the step compiles once per model (AOTInductor, every batch shape; half a minute) and is
+cached on disk for later runs. `--compute-type int8` decodes with int8 weights (bfloat16 activations).
 """
 
 import argparse
@@ -463,7 +462,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compute-type", default="default",
         help="CTranslate2: int8 (fastest on CPU), int8_float32, float16, ... Default: the folder's own. "
-        "torch-compiled: int8 (torchao). Default: float32.",
+        "torch-compiled: int8 (int8 weights). Default: float32.",
     )  # fmt: skip
     add_feature_arguments(parser)
     return parser.parse_args(argv)

@@ -130,15 +130,12 @@ class TransformersBackend:
 
 class TorchCompiledBackend(TransformersBackend):
     """`CompiledGenerator`: a static cache and a compiled decoding step, the same tokens as `generate()`'s in float32;
-    `quantization` "int8" decodes with torchao int8 weights and activations. The best translation is compiled; n-best
+    `quantization` "int8" decodes with int8 weights (`Int8WeightLinear`). The best translation is compiled; n-best
     lists, prefixes, sampling and scores run as the transformers backend runs them (`generate()`, a forward pass)."""
 
     def __init__(self, model: str, device: str, quantization: str | None = None):
         super().__init__(model, device)
-        try:
-            self.generator = CompiledGenerator(self.model, quantization=quantization)
-        except ImportError as error:
-            raise InputError(f"--compute-type {quantization}: {error}") from error
+        self.generator = CompiledGenerator(self.model, quantization=quantization)
 
     def translate(self, sources: list[list[int]], num_beams: int, length_penalty: float, max_new_tokens: int):
         inputs = self.tokenizer.pad({"input_ids": sources}, return_tensors="pt").to(self.device)

@@ -1,18 +1,15 @@
 """`CompiledGenerator`: the tokens of `generate()` (greedy and beam, both generating views, padded batches), one
-compilation per shape bucket, int8 close to float32, and `vaswani-translate --backend torch-compiled`."""
+compilation for every shape, cached on disk, int8 close to float32, and `vaswani-translate --backend torch-compiled`."""
 
 import copy
-import importlib.util
-import sys
 from functools import partial
 
 import pytest
 import torch
-from torch._dynamo.testing import CompileCounter
 
 from conftest import corpus_tokenizer, tiny_config, tiny_model
 from vaswani import VaswaniForCausalLM, VaswaniForConditionalGeneration
-from vaswani.modeling import translate_cli, translation_backends
+from vaswani.modeling import compiled_generation, translate_cli, translation_backends
 from vaswani.modeling.compiled_generation import CompiledGenerator
 
 VIEWS = [VaswaniForConditionalGeneration, VaswaniForCausalLM]
@@ -68,13 +65,13 @@ def example_inputs(model):
 
 
 def padded_batch(model, batch: int = 3, length: int = 7, seed: int = 0):
-    """Sources padded on the right (seq2seq) or prompts on the left (causal LM), one row shorter than the rest."""
+    """Sources padded on the right (seq2seq) or prompts on the left (causal LM), the middle row shorter."""
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, model.config.vocab_size, (batch, length), generator=generator)
     attention_mask = torch.ones_like(input_ids)
     short = slice(0, 2) if not model.config.is_encoder_decoder else slice(length - 2, length)
-    attention_mask[1, short] = 0
-    input_ids[1, short] = model.config.pad_token_id
+    attention_mask[batch // 2, short] = 0
+    input_ids[batch // 2, short] = model.config.pad_token_id
     return input_ids, attention_mask
 
 
@@ -116,33 +113,40 @@ def test_beam_search_equals_generate(generating_model):
             assert stops_differ(expected, prompt_length, model.config.eos_token_id)
 
 
-def test_compiles_once_per_shape_bucket(copy_model):
-    model = copy_model
-    counter = CompileCounter()
-    generator = CompiledGenerator(model, backend=counter)
-    # 3 and 4 sentences of 7 and 9 tokens share a bucket (4 rows, 16 source positions, 64 cache positions) ...
-    for batch, length in ((3, 7), (4, 9), (3, 7)):
-        input_ids, attention_mask = padded_batch(model, batch, length)
-        expected = reference(model, input_ids, attention_mask, max_new_tokens=8)
-        assert torch.equal(generator.generate(input_ids, attention_mask, max_new_tokens=8), expected)
-    assert counter.frame_count == 1
-    # ... 5 sentences (8 rows), 20 tokens (32 positions) or beam search's reordering step each compile once more.
-    for batch, length, beams in ((5, 7, 1), (5, 7, 1), (3, 20, 1), (3, 7, 2), (4, 7, 2)):
-        generator.generate(*padded_batch(model, batch, length), max_new_tokens=8, num_beams=beams)
-    assert counter.frame_count == 4
-    assert len(generator.buckets) == 3  # (rows, cache, source): (4, 64, 16), (8, 64, 16), (4, 64, 32)
+@pytest.fixture
+def package_cache(tmp_path, monkeypatch):
+    """An empty package cache, and a count of the packages compiled into it."""
+    compiled = []
+    compile_package = compiled_generation.compile_package
+    monkeypatch.setattr(compiled_generation, "inductor_cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(compiled_generation, "compile_package", lambda *args: compiled.append(compile_package(*args)))
+    return compiled
 
 
 @pytest.mark.slow
-def test_inductor_compiled_step_equals_generate(copy_model):
-    """The real thing: Inductor with frozen weights and the C++ wrapper (tens of seconds to compile on a CPU)."""
-    model = copy_model
-    input_ids, attention_mask = example_inputs(model)
-    expected = reference(model, input_ids, attention_mask, max_new_tokens=12)
-    assert torch.equal(CompiledGenerator(model).generate(input_ids, attention_mask, max_new_tokens=12), expected)
-    if importlib.util.find_spec("torchao"):  # int8 compiles to other kernels (oneDNN's int8 products)
-        int8 = CompiledGenerator(model, quantization="int8").generate(input_ids, attention_mask, max_new_tokens=12)
-        assert int8.shape == expected.shape and (int8 == expected).float().mean() > 0.95
+@pytest.mark.parametrize("generating_model", VIEWS, indirect=True)
+def test_one_compilation_serves_every_shape_and_later_processes(generating_model, package_cache):
+    """The real thing: AOTInductor with frozen weights and autotuned kernels (tens of seconds on a CPU). Batches of
+    other sizes and lengths, greedy and beam search, all run the one package; a new generator loads it from disk."""
+    model = generating_model
+    generator = CompiledGenerator(model)
+    for batch, length, beams in ((3, 7, 1), (1, 5, 1), (5, 20, 1), (2, 7, 3)):
+        input_ids, attention_mask = padded_batch(model, batch, length)
+        options = {"max_new_tokens": 8, "num_beams": beams}
+        expected = reference(model, input_ids, attention_mask, **options)
+        assert torch.equal(generator.generate(input_ids, attention_mask, **options), expected)
+    assert len(package_cache) == 1
+    again = CompiledGenerator(model).generate(input_ids, attention_mask, **options)
+    assert torch.equal(again, expected) and len(package_cache) == 1  # loaded, not compiled
+
+
+@pytest.mark.slow
+def test_int8_package_decodes_as_int8_eager(copy_model, package_cache):
+    sources, attention_mask = copy_batch(copy_model, 8, torch.Generator().manual_seed(3))
+    eager = CompiledGenerator(copy_model, quantization="int8", compile=False).generate(sources, attention_mask)
+    compiled = CompiledGenerator(copy_model, quantization="int8").generate(sources, attention_mask)
+    assert compiled.shape == eager.shape and (compiled == eager).float().mean() > 0.95  # other kernels, other sums
+    assert len(package_cache) == 1  # its own package: the int8 weights are part of what it is named by
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -170,7 +174,6 @@ def test_rejects_views_that_do_not_generate_and_unknown_quantization():
 
 
 def test_int8_agrees_with_float32_on_a_trained_model(copy_model):
-    pytest.importorskip("torchao")
     sources, attention_mask = copy_batch(copy_model, 32, torch.Generator().manual_seed(2))
     float32 = CompiledGenerator(copy_model, compile=False).generate(sources, attention_mask, max_new_tokens=9)
     int8 = CompiledGenerator(copy_model, quantization="int8", compile=False)
@@ -219,10 +222,5 @@ def test_translate_torch_compiled_compute_types(model_dir, tmp_path, monkeypatch
     options = ["--model", str(model_dir), "--backend", "torch-compiled", "--compute-type"]
     assert translate(tmp_path, SENTENCES, *options, "float16") == (2, [])
     assert "--backend torch-compiled takes float32 or int8" in capsys.readouterr().err
-    with monkeypatch.context() as without_torchao:
-        without_torchao.setitem(sys.modules, "torchao.quantization", None)  # import fails as if not installed
-        assert translate(tmp_path, SENTENCES, *options, "int8") == (2, [])
-        assert "pip install 'vaswani[torchao]'" in capsys.readouterr().err
-    pytest.importorskip("torchao")
     code, translations = translate(tmp_path, SENTENCES, *options, "int8")
     assert code == 0 and len(translations) == len(SENTENCES)
