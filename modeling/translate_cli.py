@@ -31,8 +31,8 @@ model. A model saved again is converted again. `--compute-type int8` runs it qua
 path.
 
 A backend (`translation_backends.py`) has `translate(sources, num_beams, length_penalty, max_new_tokens)` (the best
-hypothesis); what it offers beyond that it lists in `features` (`search()` for n-best lists, target prefixes and sampling; `score()`), and an
-option that needs a feature the chosen backend lacks is refused in one line.
+hypothesis); what it offers beyond that it lists in `features` (`search()` for n-best lists, target prefixes and
+sampling; `score()`), and an option that needs a feature the chosen backend lacks is refused in one line.
 
 `--backend torch-compiled` decodes in PyTorch with a static cache and a compiled decoding step
 (`vaswani.modeling.compiled_generation`): the tokens of `--backend transformers` in float32, several times as fast on
