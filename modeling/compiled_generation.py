@@ -56,7 +56,8 @@ QUANTIZATIONS = (None, "int8")
 # Inductor options for a CPU inference step: frozen (constant, prepacked) weights, GEMM kernels chosen by measurement.
 CPU_INDUCTOR_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 MIN_SOURCE_BUCKET = 16
-CACHE_BUCKET = 64
+CACHE_BUCKET = 64  # CUDA graphs: cache lengths are rounded up to a multiple of this
+CACHE_GROWTH = 32  # otherwise: the cache grows by this many positions when full
 RECOMPILE_LIMIT = 64  # CUDA: one graph per shape bucket; Dynamo's default (8) would fall back to eager after 8
 # Example sizes the CPU step is exported with: all symbolic afterwards, chosen unlike any model dimension (equal
 # example sizes would be taken for one symbol) and above 1 (export specializes sizes 0 and 1).
@@ -145,6 +146,23 @@ class DecodingState:
             state.cross_values = torch.zeros_like(state.cross_keys)
             state.source_mask = torch.zeros(rows, 1, 1, source_length, device=device, dtype=torch.bool)
         return state
+
+    @property
+    def capacity(self) -> int:
+        return self.real_slots.shape[1]
+
+    def grow(self, length: int) -> None:
+        """Room for `length` cache positions: longer caches (and real-position flags), the content copied over."""
+
+        def longer(tensor: torch.Tensor, dim: int, fill) -> torch.Tensor:
+            shape = list(tensor.shape)
+            shape[dim] = length
+            grown = tensor.new_full(shape, fill)
+            grown.narrow(dim, 0, tensor.shape[dim]).copy_(tensor)
+            return grown
+
+        self.caches = [longer(cache, 2, 0) for cache in self.caches]
+        self.real_slots = longer(self.real_slots, 1, True)
 
     def tensors(self) -> list[torch.Tensor]:
         return [*self.caches, *(tensor for tensor in self.inputs() if isinstance(tensor, torch.Tensor))]
@@ -281,10 +299,14 @@ class CompiledGenerator:
     def uses_cuda_graphs(self) -> bool:
         return self.device.type == "cuda" and self.run_step is not self.step
 
-    def state_for(self, rows: int, max_length: int, source_length: int) -> DecodingState:
-        """A zeroed state; CUDA graphs replay on fixed addresses, so there each shape bucket keeps one, reused."""
+    def state_for(self, rows: int, max_length: int, source_length: int, filled: int = 0) -> DecodingState:
+        """A zeroed state for `max_length` cache positions, of which the first `filled` are about to be copied in.
+        Without CUDA graphs it starts with room for `CACHE_GROWTH` more and grows as decoding goes (`grow`): every
+        step attends over all positions of its cache, so a cache sized for the longest output up front (source length
+        + 50 in `vaswani-translate`) made attention at large batches cost more than `generate()`'s. CUDA graphs
+        replay on fixed addresses, so there each shape bucket keeps one full-size state, reused."""
         if not self.uses_cuda_graphs:
-            return DecodingState.zeros(self.model, rows, max_length, source_length)
+            return DecodingState.zeros(self.model, rows, min(max_length, filled + CACHE_GROWTH), source_length)
         key = (rows, math.ceil(max_length / CACHE_BUCKET) * CACHE_BUCKET, bucket_size(source_length, MIN_SOURCE_BUCKET))
         if key not in self.buckets:
             self.buckets[key] = DecodingState.zeros(self.model, *key)
@@ -299,6 +321,8 @@ class CompiledGenerator:
     def decode_step(self, state: DecodingState, input_ids: torch.Tensor, slot: int) -> torch.Tensor:
         if self.uses_cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+        if slot >= state.capacity:
+            state.grow(slot + CACHE_GROWTH)
         position = torch.tensor([slot], device=input_ids.device)
         return self.run_step(input_ids, position, *state.inputs())
 
@@ -346,7 +370,7 @@ class CompiledGenerator:
         input_ids, attention_mask = (t.repeat_interleave(num_beams, 0) for t in (input_ids, attention_mask))
         rows, length = input_ids.shape
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
-        state = self.state_for(rows, length + max_new_tokens, 0)
+        state = self.state_for(rows, length + max_new_tokens, 0, filled=length)
         for index, layer in enumerate(outputs.cache.layers):
             state.caches[2 * index][:, :, :length] = layer.keys
             state.caches[2 * index + 1][:, :, :length] = layer.values

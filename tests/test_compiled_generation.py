@@ -113,6 +113,18 @@ def test_beam_search_equals_generate(generating_model):
             assert stops_differ(expected, prompt_length, model.config.eos_token_id)
 
 
+@pytest.mark.parametrize("generating_model", VIEWS, indirect=True)
+def test_a_growing_cache_gives_the_same_tokens(generating_model, monkeypatch):
+    """The cache starts small and grows as decoding goes: growing it every 3 positions changes no token."""
+    monkeypatch.setattr(compiled_generation, "CACHE_GROWTH", 3)
+    model = generating_model
+    input_ids, attention_mask = example_inputs(model)
+    generator = CompiledGenerator(model, compile=False)
+    for options in ({"max_new_tokens": 12}, {"max_new_tokens": 12, "num_beams": 3}):
+        expected = reference(model, input_ids, attention_mask, **options)
+        assert torch.equal(generator.generate(input_ids, attention_mask, **options), expected)
+
+
 @pytest.fixture
 def package_cache(tmp_path, monkeypatch):
     """An empty package cache, and a count of the packages compiled into it."""
