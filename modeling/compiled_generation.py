@@ -24,7 +24,8 @@ How the step is compiled:
   templates (AVX-512/AMX micro-kernels picked by measurement: at batch 8 they take the int8 step from 2.1 to 1.2 ms).
   The package is cached on disk beside Inductor's own compiled code (`TORCHINDUCTOR_CACHE_DIR`), keyed by the
   weights, the config, the code, the thread count and the CPU, so a later process loads it in a second instead of
-  compiling for half a minute.
+  compiling for half a minute; loading runs its shared library, so only a package that this user owns, in a folder
+  nobody else may write, is loaded.
 - CUDA: `torch.compile(mode="reduce-overhead")`, CUDA graphs replayed over a static cache per shape bucket (batch
   rounded up to a power of two, the cache to 64 positions, the source to a power of two), one graph per bucket.
 
@@ -39,6 +40,7 @@ import inspect
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -49,6 +51,8 @@ from torch import nn
 from torch._inductor.runtime.cache_dir_utils import cache_dir as inductor_cache_dir
 from transformers import GenerationMixin
 from transformers.utils import logging
+
+from vaswani.configuration.errors import InputError
 
 
 logger = logging.get_logger(__name__)
@@ -207,7 +211,19 @@ class PackagedStep:
             logger.warning(f"Compiling the decoder step for this model, once (about half a minute on a CPU): {path}")
             compile_package(self.step, self.model, path)
             self.compilations += 1
+        check_trusted(path)
         return torch._inductor.aoti_load_package(str(path))
+
+
+def check_trusted(path: Path) -> None:
+    """Loading a package runs its shared library: refuse one that another user could have written."""
+    for entry in (path, path.parent):
+        status = entry.stat()
+        if status.st_uid != os.getuid() or status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise InputError(
+                f"{entry} is not owned by this user, or others may write it: a compiled decoder step is not loaded "
+                "from there. Set TORCHINDUCTOR_CACHE_DIR to a folder only you can write."
+            )
 
 
 def position_count(positions: nn.Module) -> int:

@@ -2,6 +2,7 @@
 compilation for every shape, cached on disk, int8 close to float32, and `vaswani-translate --backend torch-compiled`."""
 
 import copy
+import stat
 from functools import partial
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from conftest import corpus_tokenizer, tiny_config, tiny_model
 from vaswani import VaswaniForCausalLM, VaswaniForConditionalGeneration
+from vaswani.configuration.errors import InputError
 from vaswani.modeling import compiled_generation, translate_cli, translation_backends
 from vaswani.modeling.compiled_generation import CompiledGenerator
 
@@ -150,6 +152,12 @@ def test_one_compilation_serves_every_shape_and_later_processes(generating_model
     assert len(package_cache) == 1
     again = CompiledGenerator(model).generate(input_ids, attention_mask, **options)
     assert torch.equal(again, expected) and len(package_cache) == 1  # loaded, not compiled
+    (package,) = compiled_generation.package_path(generator.step, model).parent.glob("*.pt2")
+    for writable in (package, package.parent):  # loading runs the package's code: only the user may have written it
+        writable.chmod(writable.stat().st_mode | stat.S_IWOTH)
+        with pytest.raises(InputError, match="not owned by this user, or others may write it"):
+            CompiledGenerator(model).generate(input_ids, attention_mask, max_new_tokens=2)
+        writable.chmod(writable.stat().st_mode & ~stat.S_IWOTH)
 
 
 @pytest.mark.slow
