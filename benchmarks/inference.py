@@ -248,7 +248,7 @@ def quality(args: Namespace) -> None:
             "CTranslate2 float32": CTranslate2Backend(args.model, "cpu", "default", threads=args.threads),
             "CTranslate2 int8": CTranslate2Backend(int8_dir, "cpu", "default", threads=args.threads),
         }
-        if args.eager_steps:  # the same steps, uncompiled: the same arithmetic without a compilation per shape
+        if args.eager_steps:  # the same steps, uncompiled: the same arithmetic, no compiling
             translation_backends.CompiledGenerator = partial(CompiledGenerator, compile=False)
         backends["torch-compiled float32"] = translation_backends.TorchCompiledBackend(args.model, "cpu")
         backends["torch-compiled int8"] = translation_backends.TorchCompiledBackend(args.model, "cpu", "int8")

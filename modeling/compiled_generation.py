@@ -511,6 +511,7 @@ class Int8WeightLinear(nn.Module):
 def quantize(model: nn.Module) -> nn.Module:
     """A copy of `model` whose decoder linear layers and output projection are `Int8WeightLinear`s. The encoder runs
     once per batch and stays in float; so do the (tied) embeddings."""
+    check_int8_kernel(model.device)
     model = copy.deepcopy(model)
     model.lm_head = Int8WeightLinear(model.lm_head)
     for module in list(model.model.decoder.modules()):
@@ -518,3 +519,14 @@ def quantize(model: nn.Module) -> nn.Module:
             if isinstance(child, nn.Linear):
                 setattr(module, name, Int8WeightLinear(child))
     return model
+
+
+def check_int8_kernel(device: torch.device) -> None:
+    """A clear error where PyTorch has no int8 weight kernel for `device` (it has one on CPUs; other devices vary by
+    version), before a model is copied and quantized for nothing."""
+    rows, weight = torch.zeros(1, 32, dtype=torch.bfloat16, device=device), torch.zeros(8, 32, dtype=torch.int8)
+    try:
+        torch.ops.aten._weight_int8pack_mm(rows, weight.to(device), torch.ones(8, dtype=torch.bfloat16, device=device))
+    except (NotImplementedError, RuntimeError) as error:
+        message = f"int8 decoding needs PyTorch's int8 weight kernel, which fails on {device}: {error}"
+        raise ValueError(message) from error

@@ -190,6 +190,15 @@ def test_rejects_views_that_do_not_generate_and_unknown_quantization():
         CompiledGenerator(VaswaniForConditionalGeneration(tiny_config()), quantization="int4")
 
 
+def test_int8_without_a_kernel_for_the_device_is_refused(monkeypatch):
+    def missing(*args):
+        raise NotImplementedError("Could not run 'aten::_weight_int8pack_mm' with arguments from the 'CUDA' backend.")
+
+    monkeypatch.setattr(torch.ops.aten, "_weight_int8pack_mm", missing)
+    with pytest.raises(ValueError, match="needs PyTorch's int8 weight kernel, which fails on cpu: Could not run"):
+        CompiledGenerator(VaswaniForConditionalGeneration(tiny_config()), quantization="int8")
+
+
 # ----------------------------------------------------------------------------------------------- int8
 
 
