@@ -82,6 +82,13 @@ def reference(model, input_ids, attention_mask, **options):
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False, **options)
 
 
+def assert_generates_as_generate(generator, model, input_ids, attention_mask, **options) -> torch.Tensor:
+    """`generator` gives `model.generate()`'s tokens for these inputs and options; returns them."""
+    expected = reference(model, input_ids, attention_mask, **options)
+    assert torch.equal(generator.generate(input_ids, attention_mask, **options), expected)
+    return expected
+
+
 def stops_differ(sequences: torch.Tensor, prompt_length: int, eos_token_id: int) -> bool:
     """Rows end (their first EOS, or the limit) after different numbers of new tokens."""
     new_tokens = sequences[:, prompt_length:] == eos_token_id
@@ -95,8 +102,7 @@ def test_greedy_tokens_equal_generate(generating_model):
     input_ids, attention_mask = example_inputs(model)
     generator = CompiledGenerator(model, compile=False)
     for options in ({"max_new_tokens": 12}, {"max_new_tokens": 12, "min_new_tokens": 4}):
-        expected = reference(model, input_ids, attention_mask, **options)
-        assert torch.equal(generator.generate(input_ids, attention_mask, **options), expected)
+        expected = assert_generates_as_generate(generator, model, input_ids, attention_mask, **options)
     prompt_length = 1 if model.config.is_encoder_decoder else input_ids.shape[1]
     assert stops_differ(expected, prompt_length, model.config.eos_token_id)  # where stopping rules matter
 
@@ -108,8 +114,7 @@ def test_beam_search_equals_generate(generating_model):
     generator = CompiledGenerator(model, compile=False)
     for length_penalty in (1.0, 0.6):
         options = {"max_new_tokens": 10, "num_beams": 3, "length_penalty": length_penalty}
-        expected = reference(model, input_ids, attention_mask, **options)
-        assert torch.equal(generator.generate(input_ids, attention_mask, **options), expected)
+        expected = assert_generates_as_generate(generator, model, input_ids, attention_mask, **options)
         prompt_length = 1 if model.config.is_encoder_decoder else input_ids.shape[1]
         if length_penalty == 1.0:  # (with 0.6 the causal LM's hypotheses all end at once)
             assert stops_differ(expected, prompt_length, model.config.eos_token_id)
@@ -123,8 +128,7 @@ def test_a_growing_cache_gives_the_same_tokens(generating_model, monkeypatch):
     input_ids, attention_mask = example_inputs(model)
     generator = CompiledGenerator(model, compile=False)
     for options in ({"max_new_tokens": 12}, {"max_new_tokens": 12, "num_beams": 3}):
-        expected = reference(model, input_ids, attention_mask, **options)
-        assert torch.equal(generator.generate(input_ids, attention_mask, **options), expected)
+        assert_generates_as_generate(generator, model, input_ids, attention_mask, **options)
 
 
 @pytest.fixture
@@ -147,8 +151,7 @@ def test_one_compilation_serves_every_shape_and_later_processes(generating_model
     for batch, length, beams in ((3, 7, 1), (1, 5, 1), (5, 20, 1), (2, 7, 3)):
         input_ids, attention_mask = padded_batch(model, batch, length)
         options = {"max_new_tokens": 8, "num_beams": beams}
-        expected = reference(model, input_ids, attention_mask, **options)
-        assert torch.equal(generator.generate(input_ids, attention_mask, **options), expected)
+        expected = assert_generates_as_generate(generator, model, input_ids, attention_mask, **options)
     assert len(package_cache) == 1
     again = CompiledGenerator(model).generate(input_ids, attention_mask, **options)
     assert torch.equal(again, expected) and len(package_cache) == 1  # loaded, not compiled
