@@ -1,4 +1,4 @@
-"""Fast decoding in PyTorch: a static cache sized once per batch, the decoder step compiled once, a lean loop.
+"""Fast decoding in PyTorch: a static cache per batch, the decoder step compiled once per model, a lean loop.
 
     generator = CompiledGenerator(model)                       # VaswaniForConditionalGeneration or VaswaniForCausalLM
     sequences = generator.generate(input_ids, attention_mask, max_new_tokens=64, num_beams=4, length_penalty=0.6)
