@@ -37,6 +37,7 @@ stays in float.
 import copy
 import hashlib
 import inspect
+import itertools
 import json
 import math
 import os
@@ -232,9 +233,11 @@ def position_count(positions: nn.Module) -> int:
 
 
 def package_path(step: DecoderStep, model: nn.Module) -> Path:
-    """Where the compiled package of `step` is cached: named by a hash of all it depends on."""
+    """Where the compiled package of `step` is cached: named by a hash of all it depends on. Every parameter and
+    buffer is frozen into the package, so all are hashed; `state_dict()` would leave out a sinusoid table, which is
+    not saved, and a package made before the table grew would be loaded for longer outputs."""
     digest = hashlib.sha256()
-    for name, tensor in step.state_dict().items():
+    for name, tensor in itertools.chain(step.named_parameters(), step.named_buffers()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
     code = [inspect.getsource(inspect.getmodule(type(module))) for module in (step, model)]  # the step, the layers

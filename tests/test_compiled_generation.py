@@ -163,6 +163,16 @@ def test_one_compilation_serves_every_shape_and_later_processes(generating_model
         writable.chmod(writable.stat().st_mode & ~stat.S_IWOTH)
 
 
+def test_a_longer_sinusoid_table_names_another_package():
+    """The table is frozen into the package but not saved with the weights: a grown table must not load a package
+    made for the shorter one (its positions would be read out of bounds)."""
+    model = VaswaniForConditionalGeneration(tiny_config()).eval()
+    step = compiled_generation.DecoderStep(model)
+    before = compiled_generation.package_path(step, model)
+    model.model.decoder.embed_positions.check_length(5000)
+    assert compiled_generation.package_path(step, model) != before
+
+
 @pytest.mark.slow
 def test_int8_package_decodes_as_int8_eager(copy_model, package_cache):
     sources, attention_mask = copy_batch(copy_model, 8, torch.Generator().manual_seed(3))
